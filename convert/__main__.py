@@ -1,0 +1,152 @@
+"""``python -m convert train|export|evaluate``: the conversion toolchain's command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from convert import ConvertError
+
+# TensorFlow's C++ start-up chatter hides the progress display; keep warnings and errors.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except ConvertError as error:
+        print(f"convert {args.name}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"convert {args.name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    from convert.train import Recipe
+
+    defaults = Recipe()
+    top = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
+    commands = top.add_subparsers(required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train the emotion classifier on FER2013")
+    train.set_defaults(command=run_train, name="train")
+    train.add_argument(
+        "--data",
+        required=True,
+        help="fer2013.csv, or a folder with train/ and val/ emotion folders",
+    )
+    train.add_argument("--val-data", help="validation data if not inside --data (PublicTest)")
+    train.add_argument("--out", type=Path, required=True, help="where to save the .keras model")
+    train.add_argument("--backbone", choices=("mobilenetv2", "resnet50"), default=defaults.backbone)
+    train.add_argument(
+        "--weights",
+        default=defaults.weights,
+        help="imagenet (Keras download), none (from scratch) or a weights FILE",
+    )
+    for spec in fields(Recipe):
+        if spec.name in {"backbone", "weights"}:
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        train.add_argument(
+            flag,
+            type=type(getattr(defaults, spec.name)),
+            default=getattr(defaults, spec.name),
+            help=f"default {getattr(defaults, spec.name)}",
+        )
+
+    export = commands.add_parser("export", help="convert a trained .keras model to TFLite")
+    export.set_defaults(command=run_export, name="export")
+    export.add_argument("--model", type=Path, required=True, help="trained .keras model")
+    export.add_argument(
+        "--quantize", choices=("int8", "float16", "dynamic", "none"), default="int8"
+    )
+    export.add_argument("--out", type=Path, required=True, help="the .tflite file to write")
+    export.add_argument(
+        "--data",
+        help="FER2013 data for calibration (Training) and the check "
+        "(PublicTest); default: the data the model was trained on",
+    )
+    export.add_argument(
+        "--max-drop",
+        type=float,
+        default=1.0,
+        help="refuse if TFLite val accuracy is lower than Keras' by more than "
+        "this many points (default 1.0)",
+    )
+    export.add_argument(
+        "--calibration-size",
+        type=int,
+        default=500,
+        help="training images used to calibrate int8 (default 500)",
+    )
+
+    evaluate = commands.add_parser("evaluate", help="accuracy, per-class results, latency")
+    evaluate.set_defaults(command=run_evaluate, name="evaluate")
+    evaluate.add_argument("--model", type=Path, required=True, help=".tflite or .keras model")
+    evaluate.add_argument(
+        "--data",
+        required=True,
+        help="fer2013.csv, a folder of splits, or a folder of emotion folders",
+    )
+    evaluate.add_argument(
+        "--usage",
+        choices=("Training", "PublicTest", "PrivateTest"),
+        help="split to evaluate (default PublicTest; a folder of emotion folders is taken whole)",
+    )
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--plot", type=Path, help="write the confusion matrix as a PNG")
+    evaluate.add_argument(
+        "--latency-faces",
+        type=int,
+        default=300,
+        help="faces timed one at a time for the latency figures",
+    )
+    return top
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from convert.train import Recipe, train
+
+    recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
+    if args.out.suffix != ".keras":
+        raise ConvertError(f"--out {args.out}: the model file must end in .keras")
+    log = train(args.data, args.val_data, args.out, recipe)
+    print(f"best val accuracy {log.best_val_accuracy:.4f}; model saved to {args.out}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from convert.export import export
+
+    report = export(
+        args.model, args.out, args.quantize, args.data, args.max_drop, args.calibration_size
+    )
+    print(report.summary())
+    if not report.passed:
+        print(f"convert export: error: refused: {report.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from convert.evaluate import evaluate, format_report, plot_confusion
+
+    report = evaluate(args.model, args.data, args.usage, args.latency_faces)
+    if args.plot:
+        plot_confusion(report, args.plot)
+    if args.json:
+        import json
+
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

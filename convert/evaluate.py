@@ -1,0 +1,171 @@
+"""Honest evaluation: accuracy, macro-F1, per-class results, confusion matrix, per-face latency.
+
+A ``.tflite`` model is run through the daemon's own classifier (``edge.emotions``), so the
+numbers describe exactly what the daemon will do, preprocessing included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from convert import EMOTIONS, ConvertError
+from convert.data import load_split
+
+Predict = Callable[[np.ndarray], np.ndarray]  # (N, 48, 48) uint8 -> (N, 7) probabilities
+
+
+def evaluate(model_path: Path, data: str, usage: str | None, latency_faces: int = 300) -> dict:
+    split = load_split(data, usage)
+    predict_batch, predict_one = load_predictor(model_path)
+    probs = np.concatenate(
+        [predict_batch(split.images[i : i + 256]) for i in range(0, len(split), 256)]
+    )
+    report = score(split.labels, probs.argmax(axis=1))
+    report["latency_ms"] = latency(predict_one, split.images[:latency_faces])
+    return {"model": str(model_path), "data": split.source, **report}
+
+
+def load_predictor(path: Path) -> tuple[Predict, Predict]:
+    """(batch predictor, single-face predictor on one thread) for a .tflite or .keras model."""
+    if not path.is_file():
+        raise ConvertError(f"{path}: model file not found")
+    if path.suffix == ".keras":
+        return _keras_predictor(path)
+    from edge.emotions import EmotionClassifier, ModelError
+
+    try:
+        batch, single = EmotionClassifier(path, num_threads=2), EmotionClassifier(path, 1)
+    except ModelError as error:
+        raise ConvertError(str(error)) from None
+    if batch.labels != EMOTIONS:
+        raise ConvertError(f"{path}: labels {batch.labels} are not FER2013's {EMOTIONS}")
+    return batch.predict_prepared, single.predict_prepared
+
+
+def _keras_predictor(path: Path) -> tuple[Predict, Predict]:
+    import tensorflow as tf
+
+    from convert.export import load_keras_model
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)  # latency on one thread, like TFLite
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    model = load_keras_model(path)
+
+    def batch(images: np.ndarray) -> np.ndarray:
+        return model.predict_on_batch(images[..., np.newaxis].astype(np.float32))
+
+    def one(images: np.ndarray) -> np.ndarray:
+        return model(images[..., np.newaxis].astype(np.float32), training=False).numpy()
+
+    return batch, one
+
+
+def score(labels: np.ndarray, predicted: np.ndarray) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows: truth)."""
+    k = len(EMOTIONS)
+    confusion = np.bincount(labels * k + predicted, minlength=k * k).reshape(k, k)
+    true_positive = np.diag(confusion).astype(float)
+    precision = np.divide(
+        true_positive, confusion.sum(0), out=np.zeros(k), where=confusion.sum(0) > 0
+    )
+    recall = np.divide(true_positive, confusion.sum(1), out=np.zeros(k), where=confusion.sum(1) > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(k), where=denominator > 0)
+    return {
+        "n": len(labels),
+        "accuracy": float(true_positive.sum() / max(len(labels), 1)),
+        "macro_f1": float(f1.mean()),
+        "labels": list(EMOTIONS),
+        "per_class": {
+            label: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(confusion[i].sum()),
+            }
+            for i, label in enumerate(EMOTIONS)
+        },
+        "confusion": confusion.tolist(),
+    }
+
+
+def latency(predict_one: Predict, faces: np.ndarray, warmup: int = 10) -> dict:
+    """Milliseconds per face, one face per invocation, after a short warm-up."""
+    for face in faces[:warmup]:
+        predict_one(face[np.newaxis])
+    times = []
+    for face in faces:
+        start = time.perf_counter()
+        predict_one(face[np.newaxis])
+        times.append(1000 * (time.perf_counter() - start))
+    return {
+        "median": float(np.median(times)),
+        "p95": float(np.percentile(times, 95)),
+        "faces": len(times),
+        "threads": 1,
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [
+        f"model     {report['model']}",
+        f"data      {report['data']} ({report['n']} faces)",
+        f"accuracy  {report['accuracy']:.4f}",
+        f"macro-F1  {report['macro_f1']:.4f}",
+        f"latency   median {report['latency_ms']['median']:.3f} ms, "
+        f"p95 {report['latency_ms']['p95']:.3f} ms per face (1 thread)",
+        "",
+        f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+    ]
+    for label, row in report["per_class"].items():
+        lines.append(
+            f"{label:<10}{row['precision']:>10.3f}{row['recall']:>10.3f}"
+            f"{row['f1']:>10.3f}{row['support']:>10d}"
+        )
+    lines += [
+        "",
+        "confusion (rows: true, columns: predicted)",
+        " " * 10 + "".join(f"{label[:8]:>9}" for label in report["labels"]),
+    ]
+    for label, row in zip(report["labels"], report["confusion"], strict=True):
+        lines.append(f"{label:<10}" + "".join(f"{count:>9d}" for count in row))
+    return "\n".join(lines)
+
+
+def plot_confusion(report: dict, path: Path) -> None:
+    """Row-normalised confusion matrix with counts, so rare classes are readable too."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.array(report["confusion"])
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    labels = report["labels"]
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for (i, j), count in np.ndenumerate(counts):
+        ax.text(
+            j,
+            i,
+            f"{count}\n{rates[i, j]:.0%}",
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if rates[i, j] > 0.5 else "black",
+        )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(
+        f"accuracy {report['accuracy']:.1%}, macro-F1 {report['macro_f1']:.3f} (n={report['n']})"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,197 @@
+"""Emotions stage: face crops in, per-label probabilities out, on the LiteRT interpreter.
+
+How to feed a model (labels, input size, colour, pixel scaling, quantization) is read from the
+JSON metadata that ``python -m convert export`` writes next to each ``.tflite`` file, so this
+module never hard-codes a second copy of the training preprocessing. No TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:
+    from ai_edge_litert.interpreter import Interpreter
+
+METADATA_SCHEMA = "edge-emotion-model/1"
+
+
+class ModelError(Exception):
+    """The model or its metadata cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The sidecar ``<model>.json``: everything the runtime needs to feed and read the model.
+
+    The network sees ``pixel * pixel_scale + pixel_offset`` (then the input tensor's own
+    quantization): our exported models take raw 0..255 pixels (scale 1, offset 0) and normalise
+    inside; other models, such as fer's (gray 64x64 in [-1, 1]), are described the same way.
+    """
+
+    labels: tuple[str, ...]
+    input_height: int
+    input_width: int
+    input_channels: int
+    color: str = "gray"  # gray | rgb | bgr
+    pixel_scale: float = 1.0
+    pixel_offset: float = 0.0
+    output: str = "probabilities"  # probabilities | logits
+    quantization: str = "none"
+    input_dtype: str = "float32"
+    input_quant: tuple[float, int] = (0.0, 0)  # (scale, zero_point) of the input tensor
+    sha256: str = ""  # of the .tflite file this metadata belongs to ("" = not checked)
+    provenance: dict = field(default_factory=dict)
+    schema: str = METADATA_SCHEMA
+
+    @staticmethod
+    def path_for(model_path: Path) -> Path:
+        return model_path.with_suffix(".json")
+
+    def write(self, model_path: Path) -> Path:
+        path = self.path_for(model_path)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, model_path: Path) -> ModelMetadata:
+        path = cls.path_for(model_path)
+        if not path.is_file():
+            raise ModelError(
+                f"{path}: model metadata not found; every .tflite needs the JSON that "
+                "`python -m convert export` writes next to it"
+            )
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("schema") != METADATA_SCHEMA:
+                raise ModelError(
+                    f"{path}: schema {raw.get('schema')!r}, expected {METADATA_SCHEMA}"
+                )
+            raw["labels"] = tuple(raw["labels"])
+            raw["input_quant"] = tuple(raw["input_quant"])
+            meta = cls(**raw)
+        except ModelError:
+            raise
+        except (ValueError, TypeError, KeyError) as error:
+            raise ModelError(f"{path}: invalid model metadata: {error}") from None
+        if meta.color not in {"gray", "rgb", "bgr"} or meta.output not in {
+            "probabilities",
+            "logits",
+        }:
+            raise ModelError(f"{path}: invalid color {meta.color!r} or output {meta.output!r}")
+        return meta
+
+
+class EmotionClassifier:
+    """One LiteRT interpreter; classifies all faces of a frame in a single invocation."""
+
+    def __init__(self, model_path: str | Path, num_threads: int = 1) -> None:
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: model file not found")
+        content = self.path.read_bytes()
+        if content[4:8] != b"TFL3":
+            raise ModelError(f"{self.path}: not a TFLite model (no TFL3 flatbuffer identifier)")
+        self.metadata = ModelMetadata.read(self.path)
+        if self.metadata.sha256 and hashlib.sha256(content).hexdigest() != self.metadata.sha256:
+            raise ModelError(
+                f"{self.path}: file does not match its metadata {ModelMetadata.path_for(self.path)}"
+                " (sha256 differs): re-export the model"
+            )
+        self._interpreter = _load_interpreter(self.path, content, num_threads)
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        self._check_input_matches_metadata()
+        self._batch = int(self._input["shape"][0])
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.metadata.labels
+
+    def predict(self, faces: Sequence[np.ndarray]) -> np.ndarray:
+        """Probabilities ``(len(faces), len(labels))`` for gray or BGR crops of any size."""
+        if len(faces) == 0:
+            return np.zeros((0, len(self.labels)), np.float32)
+        batch = np.stack([self._prepare(face) for face in faces])
+        return self.predict_prepared(batch)
+
+    def predict_prepared(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities for crops already at the model's size, ``(N, H, W[, C])`` uint8."""
+        meta = self.metadata
+        if batch.ndim == 3:
+            batch = batch[..., np.newaxis]
+        x = batch.astype(np.float32) * meta.pixel_scale + meta.pixel_offset
+        dtype = np.dtype(self._input["dtype"])
+        if dtype in (np.uint8, np.int8):
+            scale, zero_point = self._input["quantization"]
+            info = np.iinfo(dtype)
+            x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
+        x = x.astype(dtype)
+        if len(x) != self._batch:
+            self._interpreter.resize_tensor_input(self._input["index"], list(x.shape))
+            self._interpreter.allocate_tensors()
+            self._batch = len(x)
+        self._interpreter.set_tensor(self._input["index"], x)
+        self._interpreter.invoke()
+        y = self._interpreter.get_tensor(self._output["index"]).astype(np.float32)
+        scale, zero_point = self._output["quantization"]
+        if scale:
+            y = (y - zero_point) * scale
+        if meta.output == "logits":
+            y = np.exp(y - y.max(axis=1, keepdims=True))
+            y /= y.sum(axis=1, keepdims=True)
+        return y
+
+    def _prepare(self, face: np.ndarray) -> np.ndarray:
+        meta = self.metadata
+        if meta.input_channels == 1 and face.ndim == 3:
+            face = cv2.cvtColor(face, cv2.COLOR_BGR2GRAY)
+        elif meta.input_channels == 3 and face.ndim == 2:
+            face = cv2.cvtColor(face, cv2.COLOR_GRAY2BGR)
+        if meta.input_channels == 3 and meta.color == "rgb":
+            face = cv2.cvtColor(face, cv2.COLOR_BGR2RGB)
+        size = (meta.input_width, meta.input_height)
+        if face.shape[1::-1] != size:
+            shrinking = face.shape[1] > meta.input_width
+            face = cv2.resize(
+                face, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+            )
+        return face
+
+    def _check_input_matches_metadata(self) -> None:
+        meta = self.metadata
+        shape = tuple(int(d) for d in self._input["shape"][1:])
+        expected = (meta.input_height, meta.input_width, meta.input_channels)
+        outputs = int(self._output["shape"][-1])
+        if shape != expected or outputs != len(meta.labels):
+            raise ModelError(
+                f"{self.path}: model takes {shape} and gives {outputs} scores, but its metadata "
+                f"says {expected} and {len(meta.labels)} labels: re-export the model"
+            )
+
+
+def input_tensor_details(content: bytes) -> tuple[str, tuple[float, int]]:
+    """(dtype name, (scale, zero_point)) of a TFLite model's input tensor."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    tensor = Interpreter(model_content=content).get_input_details()[0]
+    scale, zero_point = tensor["quantization"]
+    return np.dtype(tensor["dtype"]).name, (float(scale), int(zero_point))
+
+
+def _load_interpreter(path: Path, content: bytes, num_threads: int) -> Interpreter:
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_content=content, num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise ModelError(f"{path}: cannot load the TFLite model: {error}") from None
+    return interpreter

@@ -1,0 +1,189 @@
+"""train -> export -> evaluate, as a user runs them, on the sample CSV with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FER, MNV2_WEIGHTS, SAMPLE_CSV, run_cli
+
+from convert import EMOTIONS
+from edge.emotions import EmotionClassifier
+
+TINY = ("--image-size", "32", "--batch-size", "32", "--head-epochs", "1", "--epochs", "1")
+# A model trained for two tiny epochs is near chance: one face of 70 flipping by rounding is 1.4
+# points, so these plumbing tests lift the accuracy gate, which test_export_check tests for real.
+ANY_DROP = ("--max-drop", "100")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A MobileNetV2 trained for two tiny epochs from the local ImageNet weights file."""
+    out = tmp_path_factory.mktemp("train") / "tiny.keras"
+    result = run_cli(
+        "convert", "train", "--data", SAMPLE_CSV, "--weights", MNV2_WEIGHTS, "--out", out, *TINY
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_training_leaves_model_history_and_curves(trained: Path):
+    history = json.loads(trained.with_suffix(".history.json").read_text())
+    assert trained.is_file() and trained.with_suffix(".curves.png").stat().st_size > 0
+    assert [e["phase"] for e in history["epochs"]] == ["head", "finetune"]
+    assert history["finished"] and history["data"]["labels"] == list(EMOTIONS)
+    assert all(e["images_per_second"] > 0 for e in history["epochs"])
+    assert not trained.with_suffix(".backup").exists()
+
+
+@pytest.mark.parametrize("quantize", ["int8", "float16", "dynamic", "none"])
+def test_export_writes_a_checked_model_with_its_metadata(trained: Path, quantize: str):
+    out = trained.with_name(f"tiny-{quantize}.tflite")
+    result = run_cli(
+        "convert", "export", "--model", trained, "--quantize", quantize, "--out", out, *ANY_DROP
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "top-1 agreement" in result.stdout
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["labels"] == list(EMOTIONS)
+    assert (meta["input_height"], meta["input_width"], meta["input_channels"]) == (48, 48, 1)
+    assert meta["quantization"] == quantize
+    assert meta["input_dtype"] == ("uint8" if quantize == "int8" else "float32")
+    assert meta["provenance"]["export_check"]["val_faces"] == 70
+    # The daemon's classifier loads it from the metadata alone and scores a batch in one call.
+    faces = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    probs = EmotionClassifier(out).predict(list(faces))
+    assert probs.shape == (5, 7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=0.02)
+
+
+def test_evaluate_reports_the_documented_json(trained: Path, tmp_path: Path):
+    model = trained.with_name("eval-int8.tflite")
+    assert (
+        run_cli("convert", "export", "--model", trained, "--out", model, *ANY_DROP).returncode == 0
+    )
+    plot = tmp_path / "cm.png"
+    result = run_cli(
+        "convert", "evaluate", "--model", model, "--data", SAMPLE_CSV, "--json", "--plot", plot
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = result.json()
+    assert report["n"] == 70
+    assert sum(map(sum, report["confusion"])) == 70
+    correct = sum(report["confusion"][i][i] for i in range(7))
+    assert report["accuracy"] == pytest.approx(correct / 70)
+    assert set(report["per_class"]) == set(EMOTIONS)
+    assert all(row["support"] == 10 for row in report["per_class"].values())
+    f1 = [row["f1"] for row in report["per_class"].values()]
+    assert report["macro_f1"] == pytest.approx(sum(f1) / 7)
+    assert 0 < report["latency_ms"]["median"] <= report["latency_ms"]["p95"]
+    assert plot.stat().st_size > 0
+
+
+def test_evaluate_reads_a_plain_folder_of_emotion_folders(trained: Path):
+    result = run_cli(
+        "convert",
+        "evaluate",
+        "--model",
+        trained,
+        "--data",
+        FER / "val",
+        "--json",
+        "--latency-faces",
+        "20",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.json()["n"] == 3589
+
+
+def test_resnet50_trains_from_scratch_and_exports(tmp_path: Path):
+    out = tmp_path / "resnet.keras"
+    result = run_cli(
+        "convert",
+        "train",
+        "--data",
+        SAMPLE_CSV,
+        "--backbone",
+        "resnet50",
+        "--weights",
+        "none",
+        "--out",
+        out,
+        *TINY,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    tflite = tmp_path / "resnet-int8.tflite"
+    result = run_cli("convert", "export", "--model", out, "--out", tflite, *ANY_DROP)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        json.loads(tflite.with_suffix(".json").read_text())["provenance"]["backbone"] == "resnet50"
+    )
+
+
+def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
+    """Offline (forced: dead proxy, empty Keras cache) is a clear error, not a crash."""
+    env = {
+        "KERAS_HOME": str(tmp_path),
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+    }
+    os.environ.update(env)
+    try:
+        result = run_cli(
+            "convert",
+            "train",
+            "--data",
+            SAMPLE_CSV,
+            "--weights",
+            "imagenet",
+            "--out",
+            tmp_path / "m.keras",
+            *TINY,
+        )
+    finally:
+        for key in env:
+            os.environ.pop(key)
+    assert result.returncode == 2
+    assert "could not download the ImageNet weights for mobilenetv2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("train", "--data", "/nonexistent", "--out", "x.keras"),
+            "data path not found: /nonexistent",
+        ),
+        (
+            ("train", "--data", SAMPLE_CSV, "--backbone", "vgg16", "--out", "x.keras"),
+            "invalid choice: 'vgg16'",
+        ),
+        (
+            ("train", "--data", SAMPLE_CSV, "--weights", "/no/such.h5", "--out", "x.keras"),
+            "--weights /no/such.h5: no such file",
+        ),
+        (("evaluate", "--model", SAMPLE_CSV, "--data", SAMPLE_CSV), "not a TFLite model"),
+        (("evaluate", "--model", "/no/model.tflite", "--data", SAMPLE_CSV), "model file not found"),
+        (
+            ("export", "--model", SAMPLE_CSV.with_suffix(".keras"), "--out", "x.tflite"),
+            "model file not found",
+        ),
+    ],
+    ids=[
+        "missing-data",
+        "unknown-backbone",
+        "missing-weights",
+        "not-tflite",
+        "missing-model",
+        "missing-keras",
+    ],
+)
+def test_bad_input_exits_nonzero_with_a_clear_message(args, message: str):
+    result = run_cli("convert", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
