@@ -1,0 +1,74 @@
+"""``python -m edge run|check-config|analyze``: the daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from edge.config import ConfigError, load_config
+from edge.emotions import ModelError
+
+EXIT_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.command(args)
+    except (ConfigError, ModelError) as error:
+        print(f"edge {args.name}: error: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m edge", description=__doc__)
+    commands = top.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.set_defaults(command=run_daemon, name="run")
+    run.add_argument("--config", type=Path, help="YAML configuration (EDGE_* variables override)")
+
+    check = commands.add_parser("check-config", help="validate and print the configuration")
+    check.set_defaults(command=check_config, name="check-config")
+    check.add_argument("--config", type=Path)
+
+    analyze = commands.add_parser("analyze", help="faces and emotions in image/video files")
+    analyze.set_defaults(command=run_analyze, name="analyze")
+    analyze.add_argument("paths", type=Path, nargs="+")
+    analyze.add_argument("--model", type=Path, help="default: the shipped model")
+    analyze.add_argument("--json", action="store_true", help="JSON lines (default: a table)")
+    return top
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    from edge.daemon import Daemon, tune_opencv
+
+    config = load_config(args.config)
+    logging.basicConfig(
+        level=config.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    tune_opencv(len(config.cameras))
+    daemon = Daemon(config)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(json.dumps(config.masked(), indent=2))
+    return 0
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from edge.analyze import analyze
+
+    return analyze(args.paths, args.model, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

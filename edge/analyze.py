@@ -1,0 +1,86 @@
+"""``python -m edge analyze``: the daemon's detector and classifier over image and video files.
+
+For offline use and for checking a model on one's own footage: one line per face, nothing
+tracked or smoothed, so every frame's raw result is visible.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge import DEFAULT_MODEL
+from edge.emotions import EmotionClassifier
+from edge.faces import FaceDetector, crop, to_gray
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
+
+
+def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
+    """Print every face of every frame; a file that cannot be read is reported, the rest go on."""
+    classifier = EmotionClassifier(model or DEFAULT_MODEL)
+    detector = FaceDetector()
+    failures = 0
+    for path in paths:
+        try:
+            for index, frame in frames(path):
+                gray = to_gray(frame)
+                boxes = detector.detect(gray)
+                probs = classifier.predict([crop(gray, box) for box in boxes])
+                for box, p in zip(boxes, probs, strict=True):
+                    print(line(path, index, box.as_list(), classifier.labels, p, as_json))
+        except OSError as error:
+            print(f"edge analyze: error: {error}", file=sys.stderr)
+            failures += 1
+    return 1 if failures else 0
+
+
+def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
+    if not path.is_file():
+        raise OSError(f"{path}: no such file")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise OSError(f"{path}: not a readable image")
+        yield 0, image
+        return
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        ok, image = capture.read()
+        if not ok:
+            raise OSError(f"{path}: not a readable image or video")
+        index = 0
+        while ok:
+            yield index, image
+            index += 1
+            ok, image = capture.read()
+    finally:
+        capture.release()
+
+
+def line(
+    path: Path,
+    index: int,
+    box: list[int],
+    labels: tuple[str, ...],
+    probs: np.ndarray,
+    as_json: bool,
+) -> str:
+    best = int(probs.argmax())
+    if not as_json:
+        return f"{path}\tframe {index}\t{box}\t{labels[best]}\t{probs[best]:.2f}"
+    return json.dumps(
+        {
+            "source": str(path),
+            "frame": index,
+            "box": box,
+            "emotion": labels[best],
+            "confidence": round(float(probs[best]), 4),
+            "scores": {label: round(float(p), 4) for label, p in zip(labels, probs, strict=True)},
+        }
+    )

@@ -1,0 +1,29 @@
+"""Where events go: one small publisher interface, an MQTT and a stdout implementation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from edge.events import Event
+
+
+@dataclass
+class PublisherStats:
+    published: int = 0  # acknowledged by the broker (QoS 1/2) or written (QoS 0, stdout)
+    dropped: int = 0  # refused because the queue was full
+    queued: int = 0  # handed over and not yet acknowledged
+    connected: bool = False
+
+
+class Publisher(Protocol):
+    stats: PublisherStats
+
+    def start(self) -> None:
+        """Begin connecting; never blocks on an absent broker."""
+
+    def publish(self, event: Event) -> None:
+        """Queue one event for delivery; thread-safe; never blocks."""
+
+    def close(self, timeout: float) -> None:
+        """Deliver what is queued for up to ``timeout`` s, announce offline, disconnect."""

@@ -1,0 +1,131 @@
+"""MQTT publisher (paho-mqtt 2.x): QoS 1, persistent session, queued while the broker is away.
+
+Unlike daemons that drop events while disconnected, events published during an outage wait in
+paho's bounded in-memory queue and go out, in order, after the reconnect; events refused because
+the queue is full are counted. ``<prefix>/<device_id>/status`` is ``online`` (retained) while
+connected and ``offline`` on clean shutdown or, through the last will, when the daemon dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+from edge.comms import PublisherStats
+from edge.config import MqttConfig
+from edge.events import Event
+
+log = logging.getLogger(__name__)
+
+
+class MqttPublisher:
+    def __init__(self, config: MqttConfig, device_id: str) -> None:
+        self.config = config
+        self.stats = PublisherStats()
+        self.base = f"{config.topic_prefix}/{device_id}"
+        self.status_topic = f"{self.base}/status"
+        self._pending: set[int] = set()
+        # Re-entrant: paho may call on_publish from inside publish() on the same thread.
+        self._lock = threading.RLock()
+        self._drained = threading.Condition(self._lock)
+        self.client = self._client(config, device_id)
+
+    def _client(self, config: MqttConfig, device_id: str) -> mqtt.Client:
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=config.client_id or f"edge-emotion-{device_id}",
+            clean_session=False,  # the broker keeps our session (in-flight QoS 1) across drops
+            protocol=mqtt.MQTTv311,
+        )
+        client.max_queued_messages_set(config.queue_size)
+        client.reconnect_delay_set(1, int(config.reconnect_max_s))
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        if config.username:
+            password = config.password.get_secret_value() if config.password else None
+            client.username_pw_set(config.username, password)
+        if config.tls:
+            client.tls_set(
+                ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
+                certfile=str(config.tls.cert_file) if config.tls.cert_file else None,
+                keyfile=str(config.tls.key_file) if config.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+            client.tls_insecure_set(config.tls.insecure)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def start(self) -> None:
+        self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
+        self.client.loop_start()
+
+    def publish(self, event: Event) -> None:
+        topic = f"{self.base}/{event.camera}/event"
+        with self._lock:
+            info = self.client.publish(topic, event.payload(), qos=self.config.qos)
+            if self.config.qos == 0:  # never queued by paho: sent now or lost
+                if info.rc == mqtt.MQTT_ERR_SUCCESS:
+                    self.stats.published += 1
+                else:
+                    self.stats.dropped += 1
+                return
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+                self.stats.dropped += 1
+                log.warning("MQTT queue full (%d): event dropped", self.config.queue_size)
+                return
+            self._pending.add(info.mid)
+            self.stats.queued = len(self._pending)
+
+    def close(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._drained:
+            while self._pending and self.stats.connected and time.monotonic() < deadline:
+                self._drained.wait(deadline - time.monotonic())
+            if self._pending:
+                log.warning("shutting down with %d undelivered events", len(self._pending))
+        if self.stats.connected:
+            info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
+        if getattr(reason, "is_failure", False):
+            log.error(
+                "MQTT broker %s:%d refused the connection: %s",
+                self.config.host,
+                self.config.port,
+                reason,
+            )
+            return
+        log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
+        self.stats.connected = True
+        client.publish(self.status_topic, "online", qos=1, retain=True)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
+    ) -> None:
+        if self.stats.connected:
+            log.warning("MQTT disconnected (%s); events are queued until it is back", reason)
+        self.stats.connected = False
+        with self._drained:
+            self._drained.notify_all()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: object, mid: int, reason: object, props: object
+    ) -> None:
+        with self._drained:
+            if mid in self._pending:
+                self._pending.discard(mid)
+                self.stats.published += 1
+                self.stats.queued = len(self._pending)
+                self._drained.notify_all()

@@ -1,0 +1,147 @@
+"""One typed configuration tree: a YAML file plus ``EDGE_`` environment overrides.
+
+Validated once at start-up, unknown keys rejected, so a typo stops the daemon with a message
+naming the key instead of being silently ignored for months.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge import DEFAULT_MODEL
+from edge.config.camera import NAME_PATTERN, CameraConfig, mask_url
+from edge.config.mqtt import MqttConfig, TlsConfig
+
+__all__ = ["CameraConfig", "ConfigError", "EdgeConfig", "MqttConfig", "TlsConfig", "load_config"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message lists every problem with its key."""
+
+
+class MetricsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback by default: metrics reveal what the cameras see
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: FilePath = DEFAULT_MODEL
+    threads: int = Field(1, ge=1, le=16)
+
+
+class DetectorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scale_factor: float = Field(1.1, gt=1.0, le=2.0)
+    min_neighbors: int = Field(5, ge=0, le=50)
+    min_size: int = Field(40, ge=8, description="smallest face, in frame pixels")
+    # Frames wider than this are downscaled before detection: Haar cost grows with area.
+    max_width: int = Field(640, ge=64)
+
+
+class TrackingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    iou_threshold: float = Field(0.3, gt=0, lt=1)
+    lost_after_s: float = Field(1.0, gt=0, description="a track unseen this long ends")
+    smoothing: float = Field(0.3, gt=0, le=1, description="weight of the newest frame's scores")
+    hysteresis: float = Field(0.1, ge=0, lt=1, description="lead needed to change emotion")
+    heartbeat_s: float = Field(10.0, ge=0, description="0 disables heartbeat events")
+
+
+class EdgeConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    device_id: str = Field(default_factory=socket.gethostname, pattern=NAME_PATTERN)
+    cameras: list[CameraConfig] = Field(min_length=1)
+    mqtt: MqttConfig | None = None
+    metrics: MetricsConfig = MetricsConfig()
+    model: ModelConfig = ModelConfig()
+    detector: DetectorConfig = DetectorConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @model_validator(mode="after")
+    def _unique_camera_names(self) -> EdgeConfig:
+        names = [camera.name for camera in self.cameras]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"camera names must be unique: {', '.join(duplicates)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: EDGE_MQTT__HOST overrides the file, as operators expect.
+        return env_settings, init_settings
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration with passwords and URL credentials hidden."""
+        data = self.model_dump(mode="json")
+        for camera in data["cameras"]:
+            camera["source"] = mask_url(str(camera["source"]))
+        if data.get("mqtt") and data["mqtt"].get("password"):
+            data["mqtt"]["password"] = "***"
+        return data
+
+
+def load_config(path: str | os.PathLike | None) -> EdgeConfig:
+    """Read the YAML file (if any), apply ``EDGE_*`` variables, validate everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    try:
+        return EdgeConfig(**raw)
+    except ValidationError as error:
+        where = f"{path}: " if path else ""
+        raise ConfigError(where + "invalid configuration:\n" + describe(error)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: configuration file not found") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return data
+
+
+def describe(error: ValidationError) -> str:
+    """One line per problem: ``cameras.0.fps: Input should be greater than 0 (got -1)``."""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = problem.get("input")
+        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
+        if "password" in key:
+            shown = ""
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,38 @@
+"""MQTT configuration: broker, topics, delivery guarantees, credentials."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr
+
+TOPIC_LEVEL = r"^[^/#+\s]+(/[^/#+\s]+)*$"
+
+
+class TlsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    insecure: bool = Field(False, description="skip host name verification (testing only)")
+
+
+class MqttConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(min_length=1)
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = Field("edge-emotion", pattern=TOPIC_LEVEL)
+    qos: int = Field(1, ge=0, le=2)
+    client_id: str | None = Field(None, description="default: edge-emotion-<device_id>")
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    # Events kept in memory while the broker is away; beyond this the oldest are dropped (counted).
+    queue_size: int = Field(10000, ge=1, le=60000)  # MQTT message ids wrap at 65535
+    reconnect_max_s: float = Field(30.0, ge=1, le=600)
+
+    def key_path(self) -> Path | None:
+        return self.tls.key_file if self.tls else None

@@ -1,0 +1,99 @@
+"""Metrics stage: Prometheus metrics under one prefix, on loopback by default.
+
+Counters owned by other stages (reader and publisher stats) are read at scrape time by a
+collector, so those stages know nothing about Prometheus; latencies are observed by the pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edge.comms import PublisherStats
+from edge.video import ReaderStats
+
+PREFIX = "edge_emotion"
+# Seconds, with millisecond resolution where per-stage costs live (1 ms .. 2.5 s).
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+STAGES = ("read", "detect", "classify", "track", "publish")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.frames_processed = Counter(
+            f"{PREFIX}_frames_processed", "Frames analysed", ["camera"], registry=r
+        )
+        self.faces_detected = Counter(
+            f"{PREFIX}_faces_detected", "Faces found by the detector", ["camera"], registry=r
+        )
+        self.events = Counter(
+            f"{PREFIX}_events", "Events produced", ["camera", "event", "emotion"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            f"{PREFIX}_stage_seconds",
+            "Time per frame in each pipeline stage",
+            ["camera", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_seconds = Histogram(
+            f"{PREFIX}_end_to_end_seconds",
+            "Frame capture to event hand-off",
+            ["camera"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Info(f"{PREFIX}_model", "The emotion model in use", registry=r)
+
+    def watch(
+        self, readers: Callable[[], Iterable[tuple[str, ReaderStats]]], publisher: PublisherStats
+    ) -> None:
+        self.registry.register(_StatsCollector(readers, publisher))
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the HTTP endpoint; returns the bound port (useful with port 0)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server.server_port
+
+
+class _StatsCollector(Collector):
+    def __init__(
+        self, readers: Callable[[], Iterable[tuple[str, ReaderStats]]], publisher: PublisherStats
+    ) -> None:
+        self.readers, self.publisher = readers, publisher
+
+    def collect(self) -> Iterator[Metric]:
+        read = CounterMetricFamily(f"{PREFIX}_frames_read", "Frames decoded", labels=["camera"])
+        dropped = CounterMetricFamily(
+            f"{PREFIX}_frames_dropped",
+            "Frames replaced by a newer one unanalysed",
+            labels=["camera"],
+        )
+        reconnects = CounterMetricFamily(
+            f"{PREFIX}_camera_reconnects", "Times a camera was reopened", labels=["camera"]
+        )
+        up = GaugeMetricFamily(f"{PREFIX}_camera_up", "1 while frames arrive", labels=["camera"])
+        for name, stats in self.readers():
+            read.add_metric([name], stats.frames_read)
+            dropped.add_metric([name], stats.frames_dropped)
+            reconnects.add_metric([name], stats.reconnects)
+            up.add_metric([name], 1.0 if stats.up else 0.0)
+        yield from (read, dropped, reconnects, up)
+        p = self.publisher
+        yield CounterMetricFamily(
+            f"{PREFIX}_events_published", "Events delivered to the broker", value=p.published
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_events_dropped", "Events lost to a full queue", value=p.dropped
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_events_queued", "Events waiting for the broker", value=p.queued
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_mqtt_connected", "1 while connected to the broker", value=float(p.connected)
+        )

@@ -1,0 +1,133 @@
+"""Tracking stage: faces matched across frames into tracks; smoothed scores; events on change.
+
+Events are what subscribers want, not frames: ``start`` when a face appears, ``change`` when its
+smoothed emotion changes by more than the hysteresis, ``heartbeat`` while it stays, ``end`` when it
+has been gone for ``lost_after_s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.faces import Box
+
+EVENT_KINDS = ("start", "change", "heartbeat", "end")
+
+
+@dataclass(frozen=True)
+class TrackEvent:
+    kind: str
+    track_id: int
+    emotion: str
+    confidence: float
+    scores: dict[str, float]
+    box: Box
+    frame_time: float  # capture time of the frame (Unix seconds)
+
+
+@dataclass(eq=False)  # identity: a track is one face, whatever its current values
+class Track:
+    track_id: int
+    box: Box
+    scores: np.ndarray
+    emotion: int
+    last_seen: float
+    last_event: float
+
+
+class Tracker:
+    """IoU tracker for one camera. Not thread-safe: one camera's worker owns it."""
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        iou_threshold: float = 0.3,
+        lost_after_s: float = 1.0,
+        smoothing: float = 0.3,
+        hysteresis: float = 0.1,
+        heartbeat_s: float = 10.0,
+    ) -> None:
+        self.labels = tuple(labels)
+        self.iou_threshold, self.lost_after_s = iou_threshold, lost_after_s
+        self.smoothing, self.hysteresis, self.heartbeat_s = smoothing, hysteresis, heartbeat_s
+        self.tracks: list[Track] = []
+        self._next_id = 1
+
+    def update(self, boxes: Sequence[Box], probs: np.ndarray, now: float) -> list[TrackEvent]:
+        """Feed one analysed frame (boxes with their class probabilities); return its events."""
+        events: list[TrackEvent] = []
+        matched = self._match(boxes)
+        for track, index in matched.items():
+            events.extend(self._observe(track, boxes[index], probs[index], now))
+        taken = set(matched.values())
+        for index, box in enumerate(boxes):
+            if index not in taken:
+                events.append(self._start(box, probs[index], now))
+        for track in [t for t in self.tracks if t not in matched]:
+            if now - track.last_seen >= self.lost_after_s:
+                self.tracks.remove(track)
+                events.append(self._event("end", track, track.last_seen))
+        return events
+
+    def close(self) -> list[TrackEvent]:
+        """End every open track (shutdown): subscribers never keep a face that is gone."""
+        events = [self._event("end", t, t.last_seen) for t in self.tracks]
+        self.tracks.clear()
+        return events
+
+    def _match(self, boxes: Sequence[Box]) -> dict[Track, int]:
+        """Greedy matching by descending IoU: good enough for the few faces of one camera."""
+        pairs = sorted(
+            (
+                (track.box.iou(box), i, track)
+                for track in self.tracks
+                for i, box in enumerate(boxes)
+            ),
+            key=lambda pair: pair[0],
+            reverse=True,
+        )
+        matched: dict[Track, int] = {}
+        used: set[int] = set()
+        for iou, index, track in pairs:
+            if iou < self.iou_threshold:
+                break
+            if track not in matched and index not in used:
+                matched[track] = index
+                used.add(index)
+        return matched
+
+    def _start(self, box: Box, probs: np.ndarray, now: float) -> TrackEvent:
+        track = Track(self._next_id, box, probs.astype(np.float64), int(probs.argmax()), now, now)
+        self._next_id += 1
+        self.tracks.append(track)
+        return self._event("start", track, now)
+
+    def _observe(self, track: Track, box: Box, probs: np.ndarray, now: float) -> list[TrackEvent]:
+        track.box, track.last_seen = box, now
+        track.scores = (1 - self.smoothing) * track.scores + self.smoothing * probs
+        leader = int(track.scores.argmax())
+        lead = track.scores[leader] - track.scores[track.emotion]
+        if leader != track.emotion and lead >= self.hysteresis:
+            track.emotion, track.last_event = leader, now
+            return [self._event("change", track, now)]
+        if self.heartbeat_s and now - track.last_event >= self.heartbeat_s:
+            track.last_event = now
+            return [self._event("heartbeat", track, now)]
+        return []
+
+    def _event(self, kind: str, track: Track, frame_time: float) -> TrackEvent:
+        scores = {
+            label: round(float(s), 4) for label, s in zip(self.labels, track.scores, strict=True)
+        }
+        return TrackEvent(
+            kind=kind,
+            track_id=track.track_id,
+            emotion=self.labels[track.emotion],
+            confidence=round(float(track.scores[track.emotion]), 4),
+            scores=scores,
+            box=track.box,
+            frame_time=frame_time,
+        )
