@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -55,7 +56,15 @@ def run_daemon(args: argparse.Namespace) -> int:
     tune_opencv(len(config.cameras))
     daemon = Daemon(config)
     daemon.install_signal_handlers()
-    return daemon.run()
+    code = daemon.run()
+    if daemon.readers_alive():
+        # A reader blocked inside OpenCV/FFmpeg (up to its read timeout) would be torn down by
+        # interpreter finalisation, which aborts the process ("exception not rethrown"). All
+        # events are flushed by now, so leave without finalising.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
 
 
 def check_config(args: argparse.Namespace) -> int:

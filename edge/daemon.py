@@ -112,7 +112,18 @@ class Daemon:
         for pipeline in self.pipelines:
             pipeline.join(1.0)
         self.publisher.close(SHUTDOWN_FLUSH_S)
-        log.info("stopped")
+        for reader in self.readers:
+            reader.join(0.2)
+        stats = self.publisher.stats
+        log.info(
+            "stopped: events delivered %d, undelivered %d, dropped %d",
+            stats.published,
+            stats.queued,
+            stats.dropped,
+        )
+
+    def readers_alive(self) -> bool:
+        return any(reader.alive for reader in self.readers)
 
     def install_signal_handlers(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -97,6 +97,10 @@ class CameraReader:
         self._thread.join(timeout)
 
     @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def finished(self) -> bool:
         """True once a non-looping video file has been read to its end (or the reader stopped)."""
         return self._finished.is_set()
@@ -121,17 +125,21 @@ class CameraReader:
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX_S)
                     continue
-                log.info("camera %s: reading %s", self.camera.name, self.camera.masked_source())
+                if index == 0 or self.camera.kind != "file":
+                    log.info("camera %s: reading %s", self.camera.name, self.camera.masked_source())
                 self.stats.up, backoff = True, BACKOFF_START_S
                 try:
                     index, ended = self._read_until_failure(capture, index)
                 finally:
                     capture.release()
-                if ended and not self.camera.loop:
-                    log.info("camera %s: end of %s", self.camera.name, self.camera.masked_source())
+                if self._stop.is_set():
                     return
-                if not ended:
-                    self._down("stream stopped delivering frames; reopening")
+                if ended:
+                    if not self.camera.loop:
+                        log.info("camera %s: end of file", self.camera.name)
+                        return
+                    continue  # a looping file starts over: not a failure
+                self._down("stream stopped delivering frames; reopening")
                 self.stats.reconnects += 1
         finally:
             self.stats.up = False

@@ -22,6 +22,8 @@ from edge.events import Event
 
 log = logging.getLogger(__name__)
 
+EARLY_ACK_TTL_S = 10.0
+
 
 class MqttPublisher:
     def __init__(self, config: MqttConfig, device_id: str) -> None:
@@ -30,8 +32,8 @@ class MqttPublisher:
         self.base = f"{config.topic_prefix}/{device_id}"
         self.status_topic = f"{self.base}/status"
         self._pending: set[int] = set()
-        # Re-entrant: paho may call on_publish from inside publish() on the same thread.
-        self._lock = threading.RLock()
+        self._acked_early: dict[int, float] = {}
+        self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
         self.client = self._client(config, device_id)
 
@@ -67,8 +69,10 @@ class MqttPublisher:
 
     def publish(self, event: Event) -> None:
         topic = f"{self.base}/{event.camera}/event"
+        # Never call paho while holding our lock: paho holds its own locks while it runs
+        # on_publish, which takes ours; the opposite order would deadlock.
+        info = self.client.publish(topic, event.payload(), qos=self.config.qos)
         with self._lock:
-            info = self.client.publish(topic, event.payload(), qos=self.config.qos)
             if self.config.qos == 0:  # never queued by paho: sent now or lost
                 if info.rc == mqtt.MQTT_ERR_SUCCESS:
                     self.stats.published += 1
@@ -79,7 +83,10 @@ class MqttPublisher:
                 self.stats.dropped += 1
                 log.warning("MQTT queue full (%d): event dropped", self.config.queue_size)
                 return
-            self._pending.add(info.mid)
+            if self._acked_early.pop(info.mid, None) is not None:
+                self.stats.published += 1  # the broker answered before we got here
+            else:
+                self._pending.add(info.mid)
             self.stats.queued = len(self._pending)
 
     def close(self, timeout: float) -> None:
@@ -129,3 +136,10 @@ class MqttPublisher:
                 self.stats.published += 1
                 self.stats.queued = len(self._pending)
                 self._drained.notify_all()
+                return
+            # Not registered (yet): a status message, or an event whose publish() has not
+            # returned. Remember it briefly; forget old ones so a reused id is not mistaken.
+            now = time.monotonic()
+            self._acked_early[mid] = now
+            for old in [m for m, t in self._acked_early.items() if now - t > EARLY_ACK_TTL_S]:
+                del self._acked_early[old]

@@ -1,0 +1,128 @@
+"""Real services on loopback for the tests: a mosquitto broker and a GStreamer RTSP server."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+TESTS = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+class Broker:
+    """mosquitto with persistence, so a restart keeps subscribers' sessions like a real broker."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
+        if not shutil.which("mosquitto"):
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.config = workdir / "mosquitto.conf"
+        self.config.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {workdir}/\n"
+            # Default 1000 silently drops QoS 1 bursts to slow subscribers.
+            "max_queued_messages 0\n"
+            "log_dest stderr\n" + extra
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        self.proc = subprocess.Popen(
+            ["mosquitto", "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.workdir / "mosquitto.log").open("ab"),
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # saves the persistence file
+            self.proc.wait(10)
+        self.proc = None
+
+
+class RtspServer:
+    def __init__(self, clip: Path, paths: tuple[str, ...] = ("/cam",), port: int | None = None):
+        self.clip, self.paths = clip, paths
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def url(self, path: str = "/cam") -> str:
+        return f"rtsp://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> RtspServer:
+        args = ["/usr/bin/python3", str(TESTS / "rtsp_server.py"), "--port", str(self.port)]
+        args += ["--clip", str(self.clip)]
+        for path in self.paths:
+            args += ["--path", path]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "READY":
+            raise RuntimeError(f"RTSP server did not start: {self.proc.stderr.read()[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+class Subscriber:
+    """Collects every message under a topic filter; tests wait on conditions, never sleep."""
+
+    def __init__(self, port: int, topic: str, client_id: str = "test-subscriber") -> None:
+        self.messages: list[mqtt.MQTTMessage] = []
+        self._changed = threading.Condition()
+        self.topic = topic
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
+        )
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.connect_async("127.0.0.1", port, keepalive=10)
+        self.client.loop_start()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage):
+        with self._changed:
+            self.messages.append(message)
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[mqtt.MQTTMessage]], bool], timeout: float):
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self.messages), timeout):
+                topics = [m.topic for m in self.messages[-10:]]
+                raise AssertionError(f"condition not met in {timeout} s; last topics {topics}")
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,70 @@
+"""Configuration: one typed tree from YAML + EDGE_ variables; typos stop start-up with the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import SHARED, run_cli
+
+CLIP = SHARED / "media" / "asl-again.mkv"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_check_config_prints_effective_config_with_secrets_masked(tmp_path, monkeypatch):
+    config = write(
+        tmp_path,
+        """
+device_id: porch-pi
+cameras:
+  - name: door
+    source: rtsp://user:s3cret@192.0.2.10:554/stream1
+mqtt: {host: localhost, username: edge, password: hunter2}
+""",
+    )
+    monkeypatch.setenv("EDGE_MQTT__PORT", "8883")
+    monkeypatch.setenv("EDGE_DETECTOR__MIN_SIZE", "60")
+    result = run_cli("edge", "check-config", "--config", config)
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert effective["mqtt"]["port"] == 8883  # environment overrides the file
+    assert effective["detector"]["min_size"] == 60
+    assert effective["cameras"][0]["source"] == "rtsp://***:***@192.0.2.10:554/stream1"
+    assert effective["cameras"][0]["fps"] == 10
+    assert "s3cret" not in result.stdout and "hunter2" not in result.stdout
+    assert effective["metrics"] == {"enabled": True, "host": "127.0.0.1", "port": 9108}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"cameras: [{{name: a, source: {CLIP}, fsp: 3}}]", "cameras.0.fsp: unknown key"),
+        (f"cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {{host: h, qos: 3}}", "mqtt.qos: Input"),
+        (f"cameras: [{{name: a, source: {CLIP}, fps: -1}}]", "cameras.0.fps: Input should be"),
+        (f"cameras: [{{name: a/b, source: {CLIP}}}]", "cameras.0.name: String should match"),
+        ("cameras: [{name: a, source: /no/such.mp4}]", "video file '/no/such.mp4' does not exist"),
+        ("cameras: [{name: a, source: 'ftp://x/y'}]", "unsupported stream scheme 'ftp'"),
+        ("cameras: []", "cameras: List should have at least 1 item"),
+        (f"cameras: [{{name: a, source: {CLIP}}}, {{name: a, source: 0}}]", "unique: a"),
+        (f"cameras: [{{name: a, source: {CLIP}}}]\nmodel: {{path: /no/m.tflite}}", "model.path"),
+        ("cameras: [oops", "not valid YAML"),
+    ],
+    ids=["typo", "qos", "fps", "name", "file", "scheme", "empty", "duplicate", "model", "yaml"],
+)
+def test_bad_configuration_exits_2_naming_the_key(tmp_path, text, expected):
+    result = run_cli("edge", "check-config", "--config", write(tmp_path, text))
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file_is_named(tmp_path):
+    result = run_cli("edge", "run", "--config", tmp_path / "absent.yaml")
+    assert result.returncode == 2
+    assert "absent.yaml: configuration file not found" in result.stderr

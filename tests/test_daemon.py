@@ -1,0 +1,234 @@
+"""The daemon as users run it: real RTSP stream, real mosquitto, the shipped model, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, SHARED
+from services import Broker, RtspServer, Subscriber, free_port
+
+CLIP = SHARED / "media" / "asl-again.mkv"
+EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+EVENT_KEYS = {
+    "schema_version", "device_id", "camera", "track_id", "event", "emotion", "confidence",
+    "scores", "box", "frame_time", "latency_ms",
+}
+
+
+class DaemonProcess:
+    def __init__(self, tmp_path: Path, config: dict) -> None:
+        self.metrics_port = free_port()
+        config = {"metrics": {"port": self.metrics_port}, **config}
+        self.config = tmp_path / "edge.yaml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.stderr = tmp_path / "daemon.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "run", "--config", str(self.config)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr.open("w"),
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def metrics(self) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def wait_metric(self, name: str, predicate, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            try:
+                value = self.metrics().get(name)
+            except OSError:
+                value = None
+            if value is not None and predicate(value):
+                return value
+            time.sleep(0.2)
+        raise AssertionError(f"{name} = {value} after {timeout} s\n{self.log()}")
+
+    def stop(self, timeout: float = 5.0) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.stderr.read_text()[-4000:]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def rtsp():
+    server = RtspServer(CLIP).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    started: list[DaemonProcess] = []
+
+    def start(config: dict) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, config)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+def events(messages) -> list[dict]:
+    return [json.loads(m.payload) for m in messages if m.topic.endswith("/event")]
+
+
+def test_rtsp_stream_to_mqtt_events_end_to_end(broker, rtsp, daemons):
+    sub = Subscriber(broker.port, "edge-emotion/#")
+    daemon = daemons({
+        "device_id": "porch",
+        "cameras": [{"name": "door", "source": rtsp.url(), "fps": 10}],
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+    })
+    sub.wait_for(lambda ms: any(m.topic == "edge-emotion/porch/status" and m.payload == b"online"
+                                for m in ms), timeout=30)
+    sub.wait_for(lambda ms: any(e["event"] == "start" for e in events(ms)), timeout=30)
+    assert daemon.wait_metric('edge_emotion_frames_processed_total{camera="door"}',
+                              lambda v: v >= 5, timeout=10)
+    assert daemon.stop() == 0, daemon.log()
+    messages = sub.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=5)
+    sub.close()
+
+    status = [m for m in messages if m.topic == "edge-emotion/porch/status"]
+    assert status[0].retain or status[0].payload == b"online"
+    for event in events(messages):
+        assert set(event) == EVENT_KEYS
+        assert event["schema_version"] == 1 and event["device_id"] == "porch"
+        assert event["camera"] == "door" and event["emotion"] in EMOTIONS
+        assert set(event["scores"]) == EMOTIONS
+        assert abs(sum(event["scores"].values()) - 1) < 0.05
+        x, y, w, h = event["box"]
+        assert 0 <= x < 640 and 0 <= y < 480 and 40 <= w <= 480 and w == h
+        assert event["frame_time"].endswith("Z") and event["latency_ms"] >= 0
+    kinds = [e["event"] for e in events(messages)]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    assert all(m.topic == "edge-emotion/porch/door/event" for m in messages if "event" in m.topic)
+
+
+def test_broker_restart_loses_no_event(tmp_path, broker, rtsp, daemons):
+    sub = Subscriber(broker.port, "edge-emotion/+/+/event")
+    sub.wait_for(lambda ms: sub.client.is_connected(), timeout=10)
+    daemon = daemons({
+        "device_id": "porch",
+        "cameras": [{"name": "door", "source": rtsp.url(), "fps": 10}],
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
+        "tracking": {"heartbeat_s": 0.2},  # an event every 0.2 s while the face is there
+    })
+    sub.wait_for(lambda ms: len(ms) >= 5, timeout=30)
+    broker.stop()
+    queued = daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 5, timeout=20)
+    broker.start()
+    daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=20)
+    daemon.wait_metric("edge_emotion_events_queued", lambda v: v == 0, timeout=20)
+    assert daemon.stop() == 0, daemon.log()
+    summary = [line for line in daemon.log().splitlines() if "events delivered" in line][-1]
+    delivered = int(summary.split("events delivered ")[1].split(",")[0])
+    assert "undelivered 0, dropped 0" in summary
+    received = sub.wait_for(lambda ms: len({m.payload for m in ms}) >= delivered, timeout=10)
+    sub.close()
+    assert queued >= 5
+    assert len({m.payload for m in received}) == delivered
+
+
+def test_camera_recovers_after_stream_returns_and_others_keep_flowing(daemons):
+    flaky = RtspServer(CLIP).start()
+    steady = RtspServer(CLIP).start()
+    try:
+        daemon = daemons({
+            "cameras": [
+                {"name": "flaky", "source": flaky.url(), "fps": 5},
+                {"name": "steady", "source": steady.url(), "fps": 5},
+            ],
+        })
+        up = 'edge_emotion_camera_up{camera="flaky"}'
+        daemon.wait_metric(up, lambda v: v == 1, timeout=30)
+        flaky.stop()
+        daemon.wait_metric(up, lambda v: v == 0, timeout=20)
+        steady_frames = daemon.metrics()['edge_emotion_frames_read_total{camera="steady"}']
+        daemon.wait_metric('edge_emotion_frames_read_total{camera="steady"}',
+                           lambda v: v > steady_frames + 20, timeout=10)
+        flaky.start()
+        returned = time.monotonic()
+        daemon.wait_metric(up, lambda v: v == 1, timeout=15)
+        assert time.monotonic() - returned <= 10
+        frames = daemon.metrics()['edge_emotion_frames_read_total{camera="flaky"}']
+        daemon.wait_metric('edge_emotion_frames_read_total{camera="flaky"}',
+                           lambda v: v > frames + 10, timeout=10)
+        assert daemon.metrics()['edge_emotion_camera_reconnects_total{camera="flaky"}'] >= 1
+        assert daemon.stop() == 0
+    finally:
+        flaky.stop()
+        steady.stop()
+
+
+def test_unreachable_and_garbage_cameras_are_logged_and_do_not_block_others(daemons, tmp_path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(os.urandom(50_000))
+    daemon = daemons({
+        "cameras": [
+            {"name": "nowhere", "source": f"rtsp://127.0.0.1:{free_port()}/x", "fps": 5},
+            {"name": "garbage", "source": str(garbage), "fps": 5},
+            {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True},
+        ],
+    })
+    daemon.wait_metric('edge_emotion_frames_processed_total{camera="clip"}',
+                       lambda v: v >= 10, timeout=30)
+    values = daemon.metrics()
+    assert values['edge_emotion_camera_up{camera="nowhere"}'] == 0
+    assert values['edge_emotion_camera_up{camera="garbage"}'] == 0
+    assert daemon.stop() == 0
+    log = daemon.log()
+    assert "camera nowhere: cannot open rtsp://127.0.0.1" in log
+    assert "camera garbage: cannot open" in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("content", [None, b"not a model at all"], ids=["missing", "corrupt"])
+def test_missing_or_corrupt_model_stops_startup_with_a_clear_error(tmp_path, content):
+    model = tmp_path / "model.tflite"
+    if content is not None:
+        model.write_bytes(content)
+    config = tmp_path / "edge.yaml"
+    config.write_text(yaml.safe_dump({
+        "cameras": [{"name": "clip", "source": str(CLIP)}], "model": {"path": str(model)},
+    }))
+    result = subprocess.run([sys.executable, "-m", "edge", "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert result.returncode == 2
+    assert "model.tflite" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,66 @@
+"""Tracking: stable ids across frames, smoothing against noisy frames, events only when they matter."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convert import EMOTIONS
+from edge.faces import Box
+from edge.track import Tracker
+
+HAPPY, SAD = EMOTIONS.index("happy"), EMOTIONS.index("sad")
+
+
+def probs(label: int, confidence: float = 0.8) -> np.ndarray:
+    p = np.full(len(EMOTIONS), (1 - confidence) / (len(EMOTIONS) - 1))
+    p[label] = confidence
+    return p
+
+
+def tracker(**kw) -> Tracker:
+    return Tracker(EMOTIONS, **{"heartbeat_s": 0, **kw})
+
+
+def test_a_face_moving_slowly_keeps_its_track_id():
+    t = tracker()
+    events = []
+    for i in range(20):
+        events += t.update([Box(100 + 3 * i, 100, 80, 80)], np.array([probs(HAPPY)]), now=i * 0.1)
+    assert [(e.kind, e.track_id, e.emotion) for e in events] == [("start", 1, "happy")]
+
+
+def test_one_noisy_frame_does_not_flip_the_emotion():
+    t = tracker()
+    box = [Box(100, 100, 80, 80)]
+    events = t.update(box, np.array([probs(HAPPY)]), now=0.0)
+    events += t.update(box, np.array([probs(SAD, 0.95)]), now=0.1)  # one outlier
+    for i in range(2, 10):
+        events += t.update(box, np.array([probs(HAPPY)]), now=i * 0.1)
+    assert [e.kind for e in events] == ["start"]
+
+
+def test_a_lasting_change_is_reported_once():
+    t = tracker()
+    box = [Box(100, 100, 80, 80)]
+    events = t.update(box, np.array([probs(HAPPY)]), now=0.0)
+    for i in range(1, 15):
+        events += t.update(box, np.array([probs(SAD)]), now=i * 0.1)
+    assert [(e.kind, e.emotion) for e in events] == [("start", "happy"), ("change", "sad")]
+
+
+def test_two_faces_get_two_tracks_and_each_ends_when_gone():
+    t = tracker(lost_after_s=0.5)
+    left, right = Box(10, 10, 60, 60), Box(300, 10, 60, 60)
+    events = t.update([left, right], np.array([probs(HAPPY), probs(SAD)]), now=0.0)
+    events += t.update([left], np.array([probs(HAPPY)]), now=0.3)
+    events += t.update([left], np.array([probs(HAPPY)]), now=0.6)
+    summary = [(e.kind, e.track_id, e.emotion) for e in events]
+    assert summary == [("start", 1, "happy"), ("start", 2, "sad"), ("end", 2, "sad")]
+    assert [(e.kind, e.track_id) for e in t.close()] == [("end", 1)]
+
+
+def test_heartbeat_while_a_face_stays():
+    t = tracker(heartbeat_s=1.0)
+    box = [Box(100, 100, 80, 80)]
+    kinds = [e.kind for i in range(31) for e in t.update(box, np.array([probs(HAPPY)]), i * 0.1)]
+    assert kinds == ["start", "heartbeat", "heartbeat", "heartbeat"]
