@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from edge.config import ConfigError, load_config
+from edge.config import ConfigError, EdgeConfig, load_config
 from edge.emotions import ModelError
 
 EXIT_CONFIG = 2
@@ -32,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(command=run_daemon, name="run")
     run.add_argument("--config", type=Path, help="YAML configuration (EDGE_* variables override)")
 
+    demo = commands.add_parser("demo", help="run on a built-in sample clip, events to stdout")
+    demo.set_defaults(command=run_demo, name="demo")
+
     check = commands.add_parser("check-config", help="validate and print the configuration")
     check.set_defaults(command=check_config, name="check-config")
     check.add_argument("--config", type=Path)
@@ -45,9 +48,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
+    return serve(load_config(args.config))
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from edge.demo import demo_config, sample_clip
+
+    return serve(load_config(None, demo_config(sample_clip())))
+
+
+def serve(config: EdgeConfig) -> int:
     from edge.daemon import Daemon, tune_opencv
 
-    config = load_config(args.config)
     logging.basicConfig(
         level=config.log_level,
         stream=sys.stderr,

@@ -82,7 +82,9 @@ class RtspServer:
         args += ["--clip", str(self.clip)]
         for path in self.paths:
             args += ["--path", path]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         line = self.proc.stdout.readline()
         if line.strip() != "READY":
             raise RuntimeError(f"RTSP server did not start: {self.proc.stderr.read()[-2000:]}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,13 +20,22 @@ from services import Broker, RtspServer, Subscriber, free_port
 CLIP = SHARED / "media" / "asl-again.mkv"
 EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
 EVENT_KEYS = {
-    "schema_version", "device_id", "camera", "track_id", "event", "emotion", "confidence",
-    "scores", "box", "frame_time", "latency_ms",
+    "schema_version",
+    "device_id",
+    "camera",
+    "track_id",
+    "event",
+    "emotion",
+    "confidence",
+    "scores",
+    "box",
+    "frame_time",
+    "latency_ms",
 }
 
 
 class DaemonProcess:
-    def __init__(self, tmp_path: Path, config: dict) -> None:
+    def __init__(self, tmp_path: Path, config: dict, env: dict | None = None) -> None:
         self.metrics_port = free_port()
         config = {"metrics": {"port": self.metrics_port}, **config}
         self.config = tmp_path / "edge.yaml"
@@ -36,11 +46,13 @@ class DaemonProcess:
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=self.stderr.open("w"),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
+        ) as r:
             text = r.read().decode()
         values: dict[str, float] = {}
         for line in text.splitlines():
@@ -94,8 +106,8 @@ def rtsp():
 def daemons(tmp_path):
     started: list[DaemonProcess] = []
 
-    def start(config: dict) -> DaemonProcess:
-        d = DaemonProcess(tmp_path, config)
+    def start(config: dict, env: dict | None = None) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, config, env)
         started.append(d)
         return d
 
@@ -110,16 +122,23 @@ def events(messages) -> list[dict]:
 
 def test_rtsp_stream_to_mqtt_events_end_to_end(broker, rtsp, daemons):
     sub = Subscriber(broker.port, "edge-emotion/#")
-    daemon = daemons({
-        "device_id": "porch",
-        "cameras": [{"name": "door", "source": rtsp.url(), "fps": 10}],
-        "mqtt": {"host": "127.0.0.1", "port": broker.port},
-    })
-    sub.wait_for(lambda ms: any(m.topic == "edge-emotion/porch/status" and m.payload == b"online"
-                                for m in ms), timeout=30)
+    daemon = daemons(
+        {
+            "device_id": "porch",
+            "cameras": [{"name": "door", "source": rtsp.url(), "fps": 10}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        }
+    )
+    sub.wait_for(
+        lambda ms: any(
+            m.topic == "edge-emotion/porch/status" and m.payload == b"online" for m in ms
+        ),
+        timeout=30,
+    )
     sub.wait_for(lambda ms: any(e["event"] == "start" for e in events(ms)), timeout=30)
-    assert daemon.wait_metric('edge_emotion_frames_processed_total{camera="door"}',
-                              lambda v: v >= 5, timeout=10)
+    assert daemon.wait_metric(
+        'edge_emotion_frames_processed_total{camera="door"}', lambda v: v >= 5, timeout=10
+    )
     assert daemon.stop() == 0, daemon.log()
     messages = sub.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=5)
     sub.close()
@@ -143,12 +162,14 @@ def test_rtsp_stream_to_mqtt_events_end_to_end(broker, rtsp, daemons):
 def test_broker_restart_loses_no_event(tmp_path, broker, rtsp, daemons):
     sub = Subscriber(broker.port, "edge-emotion/+/+/event")
     sub.wait_for(lambda ms: sub.client.is_connected(), timeout=10)
-    daemon = daemons({
-        "device_id": "porch",
-        "cameras": [{"name": "door", "source": rtsp.url(), "fps": 10}],
-        "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
-        "tracking": {"heartbeat_s": 0.2},  # an event every 0.2 s while the face is there
-    })
+    daemon = daemons(
+        {
+            "device_id": "porch",
+            "cameras": [{"name": "door", "source": rtsp.url(), "fps": 10}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
+            "tracking": {"heartbeat_s": 0.2},  # an event every 0.2 s while the face is there
+        }
+    )
     sub.wait_for(lambda ms: len(ms) >= 5, timeout=30)
     broker.stop()
     queued = daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 5, timeout=20)
@@ -169,26 +190,32 @@ def test_camera_recovers_after_stream_returns_and_others_keep_flowing(daemons):
     flaky = RtspServer(CLIP).start()
     steady = RtspServer(CLIP).start()
     try:
-        daemon = daemons({
-            "cameras": [
-                {"name": "flaky", "source": flaky.url(), "fps": 5},
-                {"name": "steady", "source": steady.url(), "fps": 5},
-            ],
-        })
+        daemon = daemons(
+            {
+                "cameras": [
+                    {"name": "flaky", "source": flaky.url(), "fps": 5},
+                    {"name": "steady", "source": steady.url(), "fps": 5},
+                ],
+            }
+        )
         up = 'edge_emotion_camera_up{camera="flaky"}'
         daemon.wait_metric(up, lambda v: v == 1, timeout=30)
         flaky.stop()
         daemon.wait_metric(up, lambda v: v == 0, timeout=20)
         steady_frames = daemon.metrics()['edge_emotion_frames_read_total{camera="steady"}']
-        daemon.wait_metric('edge_emotion_frames_read_total{camera="steady"}',
-                           lambda v: v > steady_frames + 20, timeout=10)
+        daemon.wait_metric(
+            'edge_emotion_frames_read_total{camera="steady"}',
+            lambda v: v > steady_frames + 20,
+            timeout=10,
+        )
         flaky.start()
         returned = time.monotonic()
         daemon.wait_metric(up, lambda v: v == 1, timeout=15)
         assert time.monotonic() - returned <= 10
         frames = daemon.metrics()['edge_emotion_frames_read_total{camera="flaky"}']
-        daemon.wait_metric('edge_emotion_frames_read_total{camera="flaky"}',
-                           lambda v: v > frames + 10, timeout=10)
+        daemon.wait_metric(
+            'edge_emotion_frames_read_total{camera="flaky"}', lambda v: v > frames + 10, timeout=10
+        )
         assert daemon.metrics()['edge_emotion_camera_reconnects_total{camera="flaky"}'] >= 1
         assert daemon.stop() == 0
     finally:
@@ -199,15 +226,18 @@ def test_camera_recovers_after_stream_returns_and_others_keep_flowing(daemons):
 def test_unreachable_and_garbage_cameras_are_logged_and_do_not_block_others(daemons, tmp_path):
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(os.urandom(50_000))
-    daemon = daemons({
-        "cameras": [
-            {"name": "nowhere", "source": f"rtsp://127.0.0.1:{free_port()}/x", "fps": 5},
-            {"name": "garbage", "source": str(garbage), "fps": 5},
-            {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True},
-        ],
-    })
-    daemon.wait_metric('edge_emotion_frames_processed_total{camera="clip"}',
-                       lambda v: v >= 10, timeout=30)
+    daemon = daemons(
+        {
+            "cameras": [
+                {"name": "nowhere", "source": f"rtsp://127.0.0.1:{free_port()}/x", "fps": 5},
+                {"name": "garbage", "source": str(garbage), "fps": 5},
+                {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True},
+            ],
+        }
+    )
+    daemon.wait_metric(
+        'edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 10, timeout=30
+    )
     values = daemon.metrics()
     assert values['edge_emotion_camera_up{camera="nowhere"}'] == 0
     assert values['edge_emotion_camera_up{camera="garbage"}'] == 0
@@ -224,11 +254,45 @@ def test_missing_or_corrupt_model_stops_startup_with_a_clear_error(tmp_path, con
     if content is not None:
         model.write_bytes(content)
     config = tmp_path / "edge.yaml"
-    config.write_text(yaml.safe_dump({
-        "cameras": [{"name": "clip", "source": str(CLIP)}], "model": {"path": str(model)},
-    }))
-    result = subprocess.run([sys.executable, "-m", "edge", "run", "--config", str(config)],
-                            capture_output=True, text=True, timeout=30, cwd=ROOT)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "cameras": [{"name": "clip", "source": str(CLIP)}],
+                "model": {"path": str(model)},
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
     assert result.returncode == 2
     assert "model.tflite" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_systemd_ready_then_watchdog_pings_only_while_frames_flow(tmp_path, rtsp, daemons):
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(30)
+    daemon = daemons(
+        {"cameras": [{"name": "door", "source": rtsp.url(), "fps": 5}]},
+        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"},
+    )
+    assert sock.recv(256) == b"READY=1"
+    assert sock.recv(256) == b"WATCHDOG=1"
+    rtsp.stop()  # processing stalls: the pings must stop so systemd can restart the service
+    sock.settimeout(1.0)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            sock.recv(256)
+        except TimeoutError:
+            break
+    else:
+        raise AssertionError("WATCHDOG=1 kept coming although no frame was processed")
+    assert daemon.stop() == 0

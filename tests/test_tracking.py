@@ -1,4 +1,4 @@
-"""Tracking: stable ids across frames, smoothing against noisy frames, events only when they matter."""
+"""Tracking: stable ids, smoothing against noisy frames, events only when they matter."""
 
 from __future__ import annotations
 

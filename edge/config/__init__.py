@@ -105,9 +105,11 @@ class EdgeConfig(BaseSettings):
         return data
 
 
-def load_config(path: str | os.PathLike | None) -> EdgeConfig:
-    """Read the YAML file (if any), apply ``EDGE_*`` variables, validate everything."""
-    raw: dict[str, Any] = {}
+def load_config(
+    path: str | os.PathLike | None, defaults: dict[str, Any] | None = None
+) -> EdgeConfig:
+    """Read the YAML file (or ``defaults``), apply ``EDGE_*`` variables, validate everything."""
+    raw: dict[str, Any] = dict(defaults or {})
     if path is not None:
         raw = _read_yaml(Path(path))
     try:

@@ -1,0 +1,67 @@
+"""The quick start (no camera, no broker) and offline analysis of a user's own footage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from conftest import ROOT, SHARED, run_cli
+from services import free_port
+
+CLIP = SHARED / "media" / "asl-again.mkv"
+
+
+def test_demo_runs_without_camera_or_broker_and_prints_events(tmp_path):
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp_path),
+        "EDGE_METRICS__PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "demo"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        first = json.loads(proc.stdout.readline())
+        assert first["event"] == "start" and first["camera"] == "astronaut"
+        assert first["device_id"] == "demo"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=5)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    events = [first] + [json.loads(line) for line in out.splitlines()]
+    assert events[-1]["event"] == "end"
+    # The astronaut smiles throughout: her track is reported happy.
+    assert any(e["emotion"] == "happy" for e in events if e["box"][2] < 160)
+    assert (tmp_path / "edge-emotion" / "astronaut-demo.avi").is_file()
+
+
+def test_analyze_prints_one_json_line_per_face(tmp_path):
+    result = run_cli("edge", "analyze", CLIP, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    frames = {row["frame"] for row in rows}
+    assert len(frames) >= 70  # a face in 75 of the clip's 77 frames (shared/media/README.md)
+    row = rows[0]
+    assert set(row) == {"source", "frame", "box", "emotion", "confidence", "scores"}
+    assert row["source"] == str(CLIP) and len(row["scores"]) == 7
+
+
+def test_analyze_reports_unreadable_files_and_goes_on(tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    result = run_cli("edge", "analyze", broken, tmp_path / "missing.mp4", CLIP, "--json")
+    assert result.returncode == 1
+    assert "broken.jpg: not a readable image" in result.stderr
+    assert "missing.mp4: no such file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stdout.splitlines()) >= 70
