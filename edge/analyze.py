@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
     """Print every face of every frame; a file that cannot be read is reported, the rest go on."""
     classifier = EmotionClassifier(model or DEFAULT_MODEL)
-    detector = FaceDetector()
+    detector = FaceDetector()  # every frame fully scanned: offline results are exhaustive
     failures = 0
     for path in paths:
         try:

@@ -14,7 +14,7 @@ from edge.comms.mqtt import MqttPublisher
 from edge.comms.stdout import StdoutPublisher
 from edge.config import EdgeConfig
 from edge.emotions import EmotionClassifier
-from edge.faces import FaceDetector
+from edge.faces import FaceDetector, FaceScanner
 from edge.metrics import Metrics
 from edge.pipeline import CameraPipeline
 from edge.track import Tracker
@@ -47,7 +47,10 @@ class Daemon:
             CameraPipeline(
                 config.device_id,
                 reader,
-                FaceDetector(**config.detector.model_dump()),
+                FaceScanner(
+                    FaceDetector(**config.detector.model_dump(exclude={"full_scan_every"})),
+                    config.detector.full_scan_every,
+                ),
                 classifier,
                 Tracker(classifier.labels, **config.tracking.model_dump()),
                 self.publisher.publish,

@@ -15,7 +15,7 @@ import numpy as np
 
 from edge.emotions import EmotionClassifier
 from edge.events import Event
-from edge.faces import FaceDetector, crop, to_gray
+from edge.faces import FaceScanner, crop, to_gray
 from edge.metrics import Metrics
 from edge.track import Tracker, TrackEvent
 from edge.video import CameraReader, Frame
@@ -28,14 +28,14 @@ class CameraPipeline:
         self,
         device_id: str,
         reader: CameraReader,
-        detector: FaceDetector,
+        scanner: FaceScanner,
         classifier: EmotionClassifier,
         tracker: Tracker,
         publish: Callable[[Event], None],
         metrics: Metrics,
         fps: float,
     ) -> None:
-        self.device_id, self.reader, self.detector = device_id, reader, detector
+        self.device_id, self.reader, self.scanner = device_id, reader, scanner
         self.classifier, self.tracker, self.publish = classifier, tracker, publish
         self.metrics, self.interval = metrics, 1.0 / fps
         self.name = reader.camera.name
@@ -81,7 +81,7 @@ class CameraPipeline:
         started = time.perf_counter()
         m.stage_seconds.labels(camera, "read").observe(max(0.0, time.time() - frame.captured))
         gray = to_gray(frame.image)
-        boxes = self.detector.detect(gray)
+        boxes = self.scanner.find(gray)
         detected = time.perf_counter()
         probs = self.classifier.predict([crop(gray, box) for box in boxes])
         classified = time.perf_counter()

@@ -69,8 +69,10 @@ class Broker:
 
 
 class RtspServer:
-    def __init__(self, clip: Path, paths: tuple[str, ...] = ("/cam",), port: int | None = None):
-        self.clip, self.paths = clip, paths
+    def __init__(
+        self, clip: Path, paths: tuple[str, ...] = ("/cam",), port: int | None = None, fps: int = 15
+    ):
+        self.clip, self.paths, self.fps = clip, paths, fps
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -79,7 +81,7 @@ class RtspServer:
 
     def start(self) -> RtspServer:
         args = ["/usr/bin/python3", str(TESTS / "rtsp_server.py"), "--port", str(self.port)]
-        args += ["--clip", str(self.clip)]
+        args += ["--clip", str(self.clip), "--fps", str(self.fps)]
         for path in self.paths:
             args += ["--path", path]
         self.proc = subprocess.Popen(
@@ -102,6 +104,7 @@ class Subscriber:
 
     def __init__(self, port: int, topic: str, client_id: str = "test-subscriber") -> None:
         self.messages: list[mqtt.MQTTMessage] = []
+        self.received_at: list[float] = []  # wall-clock receipt time of each message
         self._changed = threading.Condition()
         self.topic = topic
         self.client = mqtt.Client(
@@ -116,6 +119,7 @@ class Subscriber:
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage):
         with self._changed:
             self.messages.append(message)
+            self.received_at.append(time.time())
             self._changed.notify_all()
 
     def wait_for(self, predicate: Callable[[list[mqtt.MQTTMessage]], bool], timeout: float):

@@ -49,6 +49,9 @@ class DetectorConfig(BaseModel):
     min_size: int = Field(40, ge=8, description="smallest face, in frame pixels")
     # Frames wider than this are downscaled before detection: Haar cost grows with area.
     max_width: int = Field(640, ge=64)
+    # Full-frame scans this often (frames); in between only around the faces already found.
+    # 1 scans every frame fully.
+    full_scan_every: int = Field(10, ge=1, le=100)
 
 
 class TrackingConfig(BaseModel):
