@@ -14,7 +14,7 @@ import numpy as np
 
 CASCADE = "haarcascade_frontalface_default.xml"
 ROI_MARGIN = 0.5  # search area around a known face: its box grown by half its size per side
-ROI_SIZE_RANGE = 1.5  # a known face is looked for at 1/1.5 .. 1.5 times its last size
+ROI_SIZE_RANGE = 1.25  # a known face is looked for at 0.8 .. 1.25 times its last size
 
 
 @dataclass(frozen=True)

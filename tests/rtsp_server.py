@@ -29,6 +29,16 @@ def main() -> None:
     parser.add_argument("--fps", type=int, default=15)
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
+    parser.add_argument(
+        "--pre-encoded",
+        action="store_true",
+        help="the clip is already H.264 in MP4 at the wanted size and rate: no decode/encode",
+    )
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="one encoder for all clients (late joiners may see broken frames until a key frame)",
+    )
     args = parser.parse_args()
 
     Gst.init(None)
@@ -41,10 +51,15 @@ def main() -> None:
         f"framerate={args.fps}/1 ! x264enc tune=zerolatency speed-preset=ultrafast "
         "key-int-max=15 ! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
+    if args.pre_encoded:  # plays once; costs the server almost no CPU
+        launch = (
+            f"( filesrc location={args.clip} ! qtdemux ! h264parse "
+            "! rtph264pay name=pay0 pt=96 config-interval=1 )"
+        )
     for path in args.path or ["/cam"]:
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(launch)
-        factory.set_shared(True)
+        factory.set_shared(args.shared)
         server.get_mount_points().add_factory(path, factory)
     if server.attach(None) == 0:
         sys.exit(f"cannot listen on 127.0.0.1:{args.port}")

@@ -70,9 +70,14 @@ class Broker:
 
 class RtspServer:
     def __init__(
-        self, clip: Path, paths: tuple[str, ...] = ("/cam",), port: int | None = None, fps: int = 15
+        self,
+        clip: Path,
+        paths: tuple[str, ...] = ("/cam",),
+        port: int | None = None,
+        fps: int = 15,
+        pre_encoded: bool = False,
     ):
-        self.clip, self.paths, self.fps = clip, paths, fps
+        self.clip, self.paths, self.fps, self.pre_encoded = clip, paths, fps, pre_encoded
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -84,6 +89,8 @@ class RtspServer:
         args += ["--clip", str(self.clip), "--fps", str(self.fps)]
         for path in self.paths:
             args += ["--path", path]
+        if self.pre_encoded:
+            args.append("--pre-encoded")
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -296,3 +296,27 @@ def test_systemd_ready_then_watchdog_pings_only_while_frames_flow(tmp_path, rtsp
     else:
         raise AssertionError("WATCHDOG=1 kept coming although no frame was processed")
     assert daemon.stop() == 0
+
+
+def test_a_killed_daemon_is_announced_offline_by_the_last_will(broker, daemons):
+    sub = Subscriber(broker.port, "edge-emotion/+/status")
+    daemon = daemons(
+        {
+            "device_id": "porch",
+            "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "keepalive_s": 5},
+        }
+    )
+    sub.wait_for(lambda ms: ms and ms[-1].payload == b"online", timeout=30)
+    daemon.proc.kill()  # no clean shutdown: only the broker can tell
+    messages = sub.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=15)
+    sub.close()
+    assert messages[-1].topic == "edge-emotion/porch/status"
+
+
+def test_the_daemon_runtime_never_imports_tensorflow():
+    code = (
+        "import sys, edge.__main__, edge.daemon, edge.analyze, edge.demo; "
+        "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0

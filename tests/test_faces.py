@@ -1,0 +1,33 @@
+"""Faces: the scanner that looks mostly around known faces still finds the face in every frame."""
+
+from __future__ import annotations
+
+import cv2
+from conftest import SHARED
+
+from edge.faces import FaceDetector, FaceScanner, to_gray
+
+CLIP = SHARED / "media" / "asl-again.mkv"
+
+
+def frames():
+    capture = cv2.VideoCapture(str(CLIP))
+    ok, frame = capture.read()
+    while ok:
+        yield to_gray(frame)
+        ok, frame = capture.read()
+
+
+def test_scanner_finds_the_face_in_as_many_frames_as_full_scans():
+    detector = FaceDetector()
+    scanner = FaceScanner(detector, full_scan_every=10)
+    full = [detector.detect(gray) for gray in frames()]
+    scanned = [scanner.find(gray) for gray in frames()]
+    with_face_full = sum(1 for boxes in full if boxes)
+    with_face_scanned = sum(1 for boxes in scanned if boxes)
+    assert with_face_full >= 74  # shared/media/README.md: a face in 75 of 77 frames
+    assert with_face_scanned >= with_face_full - 1
+    # Between full scans the face is found where the full scan finds it.
+    for a, b in zip(full, scanned, strict=True):
+        if a and b:
+            assert max(x.iou(y) for x in a for y in b) > 0.5
