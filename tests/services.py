@@ -35,7 +35,9 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
 class Broker:
     """mosquitto with persistence, so a restart keeps subscribers' sessions like a real broker."""
 
-    def __init__(self, workdir: Path, port: int | None = None, extra: str = "") -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra: str = "", anonymous: bool = True
+    ) -> None:
         if not shutil.which("mosquitto"):
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.port = port or free_port()
@@ -43,7 +45,10 @@ class Broker:
         self.config = workdir / "mosquitto.conf"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if anonymous else 'false'}\n"
+            # Stay the test's user: mosquitto would otherwise switch to user "mosquitto", which
+            # cannot write the persistence file into the test's private temporary folder.
+            "user root\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             # Default 1000 silently drops QoS 1 bursts to slow subscribers.
@@ -109,7 +114,14 @@ class RtspServer:
 class Subscriber:
     """Collects every message under a topic filter; tests wait on conditions, never sleep."""
 
-    def __init__(self, port: int, topic: str, client_id: str = "test-subscriber") -> None:
+    def __init__(
+        self,
+        port: int,
+        topic: str,
+        client_id: str = "test-subscriber",
+        ca: Path | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self.received_at: list[float] = []  # wall-clock receipt time of each message
         self._changed = threading.Condition()
@@ -117,6 +129,10 @@ class Subscriber:
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False
         )
+        if ca:
+            self.client.tls_set(ca_certs=str(ca))
+        if credentials:
+            self.client.username_pw_set(*credentials)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
