@@ -78,47 +78,16 @@ def train(data: str, val_data: str | None, out: Path, recipe: Recipe) -> RunLog:
     )
     checkpoint.best = log.best_val_accuracy or checkpoint.best
 
+    fit = Fit(model, train_ds, val_ds, weights, recipe, out, log)
     backbone.trainable = False
-    fit_phase(
-        model,
-        "head",
-        0,
-        recipe.head_epochs,
-        recipe.head_learning_rate,
-        train_ds,
-        val_ds,
-        weights,
-        recipe,
-        out,
-        log,
-        [checkpoint],
-    )
+    fit.phase("head", 0, recipe.head_epochs, recipe.head_learning_rate, [checkpoint])
     backbone.trainable = True
-    fit_phase(
-        model,
+    fit.phase(
         "finetune",
         recipe.head_epochs,
         recipe.head_epochs + recipe.epochs,
         recipe.learning_rate,
-        train_ds,
-        val_ds,
-        weights,
-        recipe,
-        out,
-        log,
-        [
-            checkpoint,
-            keras.callbacks.ReduceLROnPlateau(
-                monitor="val_accuracy",
-                mode="max",
-                factor=0.5,
-                patience=recipe.lr_patience,
-                min_lr=1e-6,
-            ),
-            keras.callbacks.EarlyStopping(
-                monitor="val_accuracy", mode="max", patience=recipe.patience
-            ),
-        ],
+        [checkpoint, *validation_schedule(recipe)],
     )
     log.finished = True
     write_log(out, log)
@@ -177,43 +146,61 @@ def class_weights(counts: np.ndarray, power: float) -> dict[int, float]:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def fit_phase(
-    model: keras.Model,
-    phase: str,
-    first_epoch: int,
-    end_epoch: int,
-    learning_rate: float,
-    train_ds: tf.data.Dataset,
-    val_ds: tf.data.Dataset,
-    weights: dict[int, float],
-    recipe: Recipe,
-    out: Path,
-    log: RunLog,
-    callbacks: list[keras.callbacks.Callback],
-) -> None:
-    """Compile and fit one phase; skipped when the log shows it already finished."""
-    if end_epoch <= first_epoch or any(e["phase"] == phase and e.get("last") for e in log.epochs):
-        return
-    model.compile(
-        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=recipe.weight_decay),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing),
-        metrics=["accuracy"],
-    )
-    backup = keras.callbacks.BackupAndRestore(os.fspath(out.with_suffix(".backup") / phase))
-    epoch_log = EpochLog(phase, end_epoch, out, log)
-    model.fit(
-        train_ds,
-        validation_data=val_ds,
-        initial_epoch=first_epoch,
-        epochs=end_epoch,
-        class_weight=weights,
-        callbacks=[backup, epoch_log, *callbacks],
-        shuffle=False,  # the dataset shuffles itself
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    if log.epochs and log.epochs[-1]["phase"] == phase:
-        log.epochs[-1]["last"] = True
-        write_log(out, log)
+def validation_schedule(recipe: Recipe) -> list[keras.callbacks.Callback]:
+    """Halve the rate when val accuracy stalls, stop when it stops improving."""
+    return [
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_accuracy", mode="max", factor=0.5, patience=recipe.lr_patience, min_lr=1e-6
+        ),
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=recipe.patience),
+    ]
+
+
+@dataclass
+class Fit:
+    """What the training phases share: model, data, class weights, recipe and the run log."""
+
+    model: keras.Model
+    train_ds: tf.data.Dataset
+    val_ds: tf.data.Dataset
+    weights: dict[int, float]
+    recipe: Recipe
+    out: Path
+    log: RunLog
+
+    def phase(
+        self,
+        name: str,
+        first_epoch: int,
+        end_epoch: int,
+        learning_rate: float,
+        callbacks: list[keras.callbacks.Callback],
+    ) -> None:
+        """Compile and fit one phase; skipped when the log shows it already finished."""
+        log = self.log
+        if end_epoch <= first_epoch or any(
+            e["phase"] == name and e.get("last") for e in log.epochs
+        ):
+            return
+        self.model.compile(
+            optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=self.recipe.weight_decay),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=self.recipe.label_smoothing),
+            metrics=["accuracy"],
+        )
+        backup = keras.callbacks.BackupAndRestore(os.fspath(self.out.with_suffix(".backup") / name))
+        self.model.fit(
+            self.train_ds,
+            validation_data=self.val_ds,
+            initial_epoch=first_epoch,
+            epochs=end_epoch,
+            class_weight=self.weights,
+            callbacks=[backup, EpochLog(name, self.out, log), *callbacks],
+            shuffle=False,  # the dataset shuffles itself
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        if log.epochs and log.epochs[-1]["phase"] == name:
+            log.epochs[-1]["last"] = True
+            write_log(self.out, log)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -223,9 +210,9 @@ class EpochLog(keras.callbacks.Callback):
     last batch, so wall-clock time around it overstates the cost.
     """
 
-    def __init__(self, phase: str, end_epoch: int, out: Path, log: RunLog) -> None:
+    def __init__(self, phase: str, out: Path, log: RunLog) -> None:
         super().__init__()
-        self.phase, self.end_epoch, self.out, self.log = phase, end_epoch, out, log
+        self.phase, self.out, self.log = phase, out, log
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.batch_seconds, self.started = 0.0, time.perf_counter()
