@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED, run_cli
+from conftest import ROOT, SHARED, run_cli
 
 CLIP = SHARED / "media" / "asl-again.mkv"
 
@@ -68,3 +68,11 @@ def test_missing_config_file_is_named(tmp_path):
     result = run_cli("edge", "run", "--config", tmp_path / "absent.yaml")
     assert result.returncode == 2
     assert "absent.yaml: configuration file not found" in result.stderr
+
+
+def test_the_shipped_example_configuration_is_valid():
+    result = run_cli("edge", "check-config", "--config", ROOT / "systemd" / "edge.example.yaml")
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert [c["name"] for c in effective["cameras"]] == ["door", "hall"]
+    assert effective["cameras"][0]["source"].startswith("rtsp://***:***@")
