@@ -195,12 +195,13 @@ def check_and_keep(
             tflite_probs,
             max_drop,
         )
+        # A refused file is kept, with its metadata, under a name the daemon never loads by
+        # default: `edge analyze --model X.rejected.tflite` shows what went wrong.
+        final = out if report.passed else out.with_suffix(".rejected.tflite")
         if report.passed:
             metadata = _with_check(metadata, report)
-            staging.replace(out)
-            metadata.write(out)
-        else:  # kept for inspection under a name the daemon will never load by default
-            staging.replace(out.with_suffix(".rejected.tflite"))
+        metadata.write(final)
+        staging.replace(final)
         return report
     finally:
         staging.unlink(missing_ok=True)

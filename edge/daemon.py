@@ -23,7 +23,9 @@ from edge.watchdog import Notifier
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN_FLUSH_S = 2.5  # leaves time to publish offline and exit within systemd's 5 s budget
+# Together well inside the 5 s a stop may take: stop the pipelines, then flush and say offline.
+PIPELINE_STOP_S = 1.5
+SHUTDOWN_FLUSH_S = 2.5
 
 
 class Daemon:
@@ -89,22 +91,28 @@ class Daemon:
             pipeline.start()
         self.notifier.ready()
         log.info("running %d camera(s) as %s", len(self.readers), self.config.device_id)
-        self._supervise()
+        code = self._supervise()
         self.shutdown()
-        return 0
+        return code
 
-    def _supervise(self) -> None:
+    def _supervise(self) -> int:
+        """Ping the watchdog while frames flow; returns the exit code once it is time to stop."""
         interval = min(1.0, self.notifier.watchdog_interval or 1.0)
         while not self.stop_requested.wait(interval):
+            live = [p for p in self.pipelines if p.reader.camera.kind != "file"]
+            if any(p.done for p in live):  # cannot happen by design: let systemd restart us
+                log.error("a camera pipeline stopped unexpectedly; exiting to be restarted")
+                return 1
             if all(p.done for p in self.pipelines):
                 log.info("every source has ended")
-                return
+                return 0
             newest = max(p.last_processed for p in self.pipelines)
             stale_after = 3 * (self.notifier.watchdog_interval or 1.0) + max(
                 1 / c.fps for c in self.config.cameras
             )
             if time.monotonic() - newest < max(stale_after, 2.0):
                 self.notifier.alive()
+        return 0
 
     def shutdown(self) -> None:
         self.notifier.stopping()
@@ -112,8 +120,10 @@ class Daemon:
             reader.stop()
         for pipeline in self.pipelines:
             pipeline.stop()
+        # Pipelines publish their tracks' end events as they stop: let them, before the flush.
+        deadline = time.monotonic() + PIPELINE_STOP_S
         for pipeline in self.pipelines:
-            pipeline.join(1.0)
+            pipeline.join(max(0.0, deadline - time.monotonic()))
         self.publisher.close(SHUTDOWN_FLUSH_S)
         for reader in self.readers:
             reader.join(0.2)

@@ -56,8 +56,11 @@ class ModelMetadata:
         return model_path.with_suffix(".json")
 
     def write(self, model_path: Path) -> Path:
+        """Atomically: a reader sees the old metadata or the new one, never half of it."""
         path = self.path_for(model_path)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)
         return path
 
     @classmethod

@@ -40,6 +40,8 @@ class CameraPipeline:
         self.metrics, self.interval = metrics, 1.0 / fps
         self.name = reader.camera.name
         self.last_processed = 0.0  # monotonic time of the last analysed frame (watchdog)
+        self.failed_frames = 0
+        self._last_failure_log = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}", daemon=True)
 
@@ -65,27 +67,28 @@ class CameraPipeline:
                 self._stop.wait(max(0.0, next_due - time.monotonic()))
                 frame = self.reader.latest(timeout=0.5)
                 if frame is None:
-                    self._emit(self.tracker.update([], self._no_probs(), time.time()))
+                    self._emit(self.tracker.update([], self._no_probs(), time.monotonic()))
                     if self.reader.finished:
                         break
                     continue
                 next_due = max(next_due + self.interval, time.monotonic())
-                self.process(frame)
-        except Exception:  # a bug in one camera must not take down the others silently
-            log.exception("camera %s: pipeline failed", self.name)
+                try:
+                    self.process(frame)
+                except Exception:  # one bad frame must not stop the camera for good
+                    self._failed_frame()
         finally:
             self._emit(self.tracker.close())
 
     def process(self, frame: Frame) -> None:
         m, camera = self.metrics, self.name
         started = time.perf_counter()
-        m.stage_seconds.labels(camera, "read").observe(max(0.0, time.time() - frame.captured))
+        m.stage_seconds.labels(camera, "read").observe(max(0.0, time.monotonic() - frame.monotonic))
         gray = to_gray(frame.image)
         boxes = self.scanner.find(gray)
         detected = time.perf_counter()
         probs = self.classifier.predict([crop(gray, box) for box in boxes])
         classified = time.perf_counter()
-        events = self.tracker.update(boxes, probs, frame.captured)
+        events = self.tracker.update(boxes, probs, frame.monotonic, frame.captured)
         tracked = time.perf_counter()
         self._emit(events)
         m.stage_seconds.labels(camera, "detect").observe(detected - started)
@@ -105,6 +108,18 @@ class CameraPipeline:
                 self.metrics.end_to_end_seconds.labels(self.name).observe(
                     max(0.0, time.time() - track_event.frame_time)
                 )
+
+    def _failed_frame(self) -> None:
+        """Log the first failure with its traceback, then at most one line a minute."""
+        self.failed_frames += 1
+        now = time.monotonic()
+        if self.failed_frames == 1:
+            log.exception("camera %s: frame analysis failed", self.name)
+        elif now - self._last_failure_log >= 60:
+            log.error("camera %s: %d frames failed so far", self.name, self.failed_frames)
+        else:
+            return
+        self._last_failure_log = now
 
     def _no_probs(self) -> np.ndarray:
         return np.zeros((0, len(self.classifier.labels)), np.float32)

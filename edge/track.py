@@ -34,8 +34,9 @@ class Track:
     box: Box
     scores: np.ndarray
     emotion: int
-    last_seen: float
-    last_event: float
+    last_seen: float  # monotonic
+    last_event: float  # monotonic
+    seen_at: float  # wall clock of the last sighting, reported in events
 
 
 class Tracker:
@@ -56,25 +57,32 @@ class Tracker:
         self.tracks: list[Track] = []
         self._next_id = 1
 
-    def update(self, boxes: Sequence[Box], probs: np.ndarray, now: float) -> list[TrackEvent]:
-        """Feed one analysed frame (boxes with their class probabilities); return its events."""
+    def update(
+        self, boxes: Sequence[Box], probs: np.ndarray, now: float, wall: float | None = None
+    ) -> list[TrackEvent]:
+        """Feed one analysed frame (boxes with their class probabilities); return its events.
+
+        ``now`` is a monotonic time for durations (an NTP step must not end or freeze tracks);
+        ``wall`` is the frame's Unix time for the events (default: ``now``).
+        """
+        wall = now if wall is None else wall
         events: list[TrackEvent] = []
         matched = self._match(boxes)
         for track, index in matched.items():
-            events.extend(self._observe(track, boxes[index], probs[index], now))
+            events.extend(self._observe(track, boxes[index], probs[index], now, wall))
         taken = set(matched.values())
         for index, box in enumerate(boxes):
             if index not in taken:
-                events.append(self._start(box, probs[index], now))
+                events.append(self._start(box, probs[index], now, wall))
         for track in [t for t in self.tracks if t not in matched]:
             if now - track.last_seen >= self.lost_after_s:
                 self.tracks.remove(track)
-                events.append(self._event("end", track, track.last_seen))
+                events.append(self._event("end", track, track.seen_at))
         return events
 
     def close(self) -> list[TrackEvent]:
         """End every open track (shutdown): subscribers never keep a face that is gone."""
-        events = [self._event("end", t, t.last_seen) for t in self.tracks]
+        events = [self._event("end", t, t.seen_at) for t in self.tracks]
         self.tracks.clear()
         return events
 
@@ -99,23 +107,26 @@ class Tracker:
                 used.add(index)
         return matched
 
-    def _start(self, box: Box, probs: np.ndarray, now: float) -> TrackEvent:
-        track = Track(self._next_id, box, probs.astype(np.float64), int(probs.argmax()), now, now)
+    def _start(self, box: Box, probs: np.ndarray, now: float, wall: float) -> TrackEvent:
+        scores = probs.astype(np.float64)
+        track = Track(self._next_id, box, scores, int(probs.argmax()), now, now, wall)
         self._next_id += 1
         self.tracks.append(track)
-        return self._event("start", track, now)
+        return self._event("start", track, wall)
 
-    def _observe(self, track: Track, box: Box, probs: np.ndarray, now: float) -> list[TrackEvent]:
-        track.box, track.last_seen = box, now
+    def _observe(
+        self, track: Track, box: Box, probs: np.ndarray, now: float, wall: float
+    ) -> list[TrackEvent]:
+        track.box, track.last_seen, track.seen_at = box, now, wall
         track.scores = (1 - self.smoothing) * track.scores + self.smoothing * probs
         leader = int(track.scores.argmax())
         lead = track.scores[leader] - track.scores[track.emotion]
         if leader != track.emotion and lead >= self.hysteresis:
             track.emotion, track.last_event = leader, now
-            return [self._event("change", track, now)]
+            return [self._event("change", track, wall)]
         if self.heartbeat_s and now - track.last_event >= self.heartbeat_s:
             track.last_event = now
-            return [self._event("heartbeat", track, now)]
+            return [self._event("heartbeat", track, wall)]
         return []
 
     def _event(self, kind: str, track: Track, frame_time: float) -> TrackEvent:

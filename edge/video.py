@@ -36,7 +36,8 @@ os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|timeo
 class Frame:
     camera: str
     image: np.ndarray  # BGR, as decoded
-    captured: float  # Unix time when the reader got it
+    captured: float  # Unix time when the reader got it (reported in events)
+    monotonic: float  # the same instant on the monotonic clock (durations; immune to NTP steps)
     index: int  # per-camera sequence number
 
 
@@ -82,6 +83,7 @@ class CameraReader:
         self._fresh = threading.Condition()
         self._stop = threading.Event()
         self._finished = threading.Event()
+        self._warned = False
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.name}", daemon=True)
 
     def start(self) -> CameraReader:
@@ -114,48 +116,59 @@ class CameraReader:
             return frame
 
     def _run(self) -> None:
-        backoff = BACKOFF_START_S
-        index = 0
+        backoff, index = BACKOFF_START_S, 0
         try:
             while not self._stop.is_set():
                 try:
                     capture = self._opener(self.camera)
-                except OSError as error:
+                except (OSError, cv2.error) as error:
                     self._down(f"{error}; retrying in {backoff:.1f} s")
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    backoff = self._pause(backoff)
                     continue
-                if index == 0 or self.camera.kind != "file":
-                    log.info("camera %s: reading %s", self.camera.name, self.camera.masked_source())
-                self.stats.up, backoff = True, BACKOFF_START_S
+                first = index
                 try:
                     index, ended = self._read_until_failure(capture, index)
                 finally:
                     capture.release()
                 if self._stop.is_set():
                     return
-                if ended:
-                    if not self.camera.loop:
-                        log.info("camera %s: end of file", self.camera.name)
-                        return
-                    continue  # a looping file starts over: not a failure
-                self._down("stream stopped delivering frames; reopening")
-                self.stats.reconnects += 1
+                if index == first:  # opened, but not one frame: back off like a failed open
+                    self._down(f"{self.camera.masked_source()} opened but gave no frame")
+                    backoff = self._pause(backoff)
+                    continue
+                backoff = BACKOFF_START_S
+                if ended and not self.camera.loop:
+                    log.info("camera %s: end of file", self.camera.name)
+                    return
+                if not ended:
+                    self.stats.reconnects += 1
+                    self._down("stream stopped delivering frames; reopening")
         finally:
             self.stats.up = False
             self._finished.set()
             with self._fresh:
                 self._fresh.notify_all()
 
+    def _pause(self, backoff: float) -> float:
+        """Wait ``backoff`` seconds (or until stopped); returns the next, doubled, capped wait."""
+        self._stop.wait(backoff)
+        return min(backoff * 2, BACKOFF_MAX_S)
+
     def _read_until_failure(self, capture: cv2.VideoCapture, index: int) -> tuple[int, bool]:
         """Read until stopped or the source fails; returns (next index, reached end of file)."""
         pace = self._file_pace(capture)
         next_due = time.monotonic()
         while not self._stop.is_set():
-            ok, image = capture.read()
+            try:
+                ok, image = capture.read()
+            except cv2.error as error:  # a decoder error is a failed read, not a crash
+                log.debug("camera %s: read failed: %s", self.camera.name, error)
+                ok, image = False, None
             if not ok or image is None:
                 return index, self.camera.kind == "file"
-            self._publish(Frame(self.camera.name, image, time.time(), index))
+            if not self.stats.up:
+                self._up(first_ever=index == 0)
+            self._publish(Frame(self.camera.name, image, time.time(), time.monotonic(), index))
             index += 1
             if pace:
                 next_due += pace
@@ -177,9 +190,16 @@ class CameraReader:
             self.stats.frames_read += 1
             self._fresh.notify_all()
 
+    def _up(self, first_ever: bool) -> None:
+        if first_ever or self.camera.kind != "file":
+            log.info("camera %s: reading %s", self.camera.name, self.camera.masked_source())
+        self.stats.up, self._warned = True, False
+
     def _down(self, why: str) -> None:
-        if self.stats.up or self.stats.reconnects == 0:
-            log.warning("camera %s: %s", self.camera.name, why)
-        else:
+        """Warn once per outage; repeats while it lasts go to debug, not to the journal."""
+        if self._warned:
             log.debug("camera %s: %s", self.camera.name, why)
+        else:
+            log.warning("camera %s: %s", self.camera.name, why)
+            self._warned = True
         self.stats.up = False

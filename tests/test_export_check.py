@@ -41,6 +41,7 @@ def test_int8_calibrated_on_black_frames_is_refused_and_never_installed(model, v
     assert report.drop_points > 10
     assert not out.exists() and not out.with_suffix(".json").exists()
     assert out.with_suffix(".rejected.tflite").is_file()
+    assert out.with_suffix(".rejected.json").is_file()
 
 
 def test_int8_calibrated_on_training_faces_is_kept_with_its_check(model, val, tmp_path):

@@ -64,3 +64,12 @@ def test_heartbeat_while_a_face_stays():
     box = [Box(100, 100, 80, 80)]
     kinds = [e.kind for i in range(31) for e in t.update(box, np.array([probs(HAPPY)]), i * 0.1)]
     assert kinds == ["start", "heartbeat", "heartbeat", "heartbeat"]
+
+
+def test_a_clock_step_backwards_does_not_keep_a_gone_face_alive():
+    """NTP stepping the wall clock back (boards without RTC) must not freeze track timing."""
+    t = tracker(lost_after_s=0.5)
+    box = [Box(100, 100, 80, 80)]
+    t.update(box, np.array([probs(HAPPY)]), now=10.0, wall=1_800_000_000.0)
+    events = t.update([], np.zeros((0, 7)), now=10.6, wall=1_700_000_000.0)
+    assert [(e.kind, e.frame_time) for e in events] == [("end", 1_800_000_000.0)]

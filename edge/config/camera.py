@@ -8,7 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"  # safe as one MQTT topic level and as a metric label
-STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
+# Not rtmp: FFmpeg's "timeout" option (set for every stream, see edge.video) makes RTMP listen.
+STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "udp", "tcp")
 
 
 class CameraConfig(BaseModel):

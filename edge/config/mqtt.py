@@ -30,7 +30,7 @@ class MqttConfig(BaseModel):
     password: SecretStr | None = None
     tls: TlsConfig | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
-    # Events kept in memory while the broker is away; beyond this the oldest are dropped (counted).
+    # Events kept in memory while the broker is away; when full, new events are refused (counted).
     queue_size: int = Field(10000, ge=1, le=60000)  # MQTT message ids wrap at 65535
     reconnect_max_s: float = Field(30.0, ge=1, le=600)
 
