@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -223,28 +224,64 @@ def test_camera_recovers_after_stream_returns_and_others_keep_flowing(daemons):
         steady.stop()
 
 
+class GarbageServer:
+    """Accepts TCP connections on loopback, answers with random bytes and hangs up."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.sendall(os.urandom(2048))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def test_unreachable_and_garbage_cameras_are_logged_and_do_not_block_others(daemons, tmp_path):
-    garbage = tmp_path / "garbage.mp4"
-    garbage.write_bytes(os.urandom(50_000))
-    daemon = daemons(
-        {
-            "cameras": [
-                {"name": "nowhere", "source": f"rtsp://127.0.0.1:{free_port()}/x", "fps": 5},
-                {"name": "garbage", "source": str(garbage), "fps": 5},
-                {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True},
-            ],
-        }
-    )
-    daemon.wait_metric(
-        'edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 10, timeout=30
-    )
-    values = daemon.metrics()
-    assert values['edge_emotion_camera_up{camera="nowhere"}'] == 0
-    assert values['edge_emotion_camera_up{camera="garbage"}'] == 0
-    assert daemon.stop() == 0
+    garbage_file = tmp_path / "garbage.mp4"
+    garbage_file.write_bytes(os.urandom(50_000))
+    junk = GarbageServer()
+    try:
+        daemon = daemons(
+            {
+                "cameras": [
+                    {"name": "nowhere", "source": f"rtsp://127.0.0.1:{free_port()}/x", "fps": 5},
+                    {"name": "junk", "source": f"rtsp://127.0.0.1:{junk.port}/live", "fps": 5},
+                    {"name": "garbage", "source": str(garbage_file), "fps": 5},
+                    {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True},
+                ],
+            }
+        )
+        daemon.wait_metric(
+            'edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 10, timeout=30
+        )
+        started = time.monotonic()
+        daemon.wait_metric(
+            'edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 40, timeout=30
+        )
+        values = daemon.metrics()
+        for name in ("nowhere", "junk", "garbage"):
+            assert values[f'edge_emotion_camera_up{{camera="{name}"}}'] == 0
+        # Retries back off (0.5 s doubling to 5 s), they do not hammer the server.
+        assert junk.connections <= 4 + (time.monotonic() - started) / 0.5
+        assert daemon.stop() == 0
+    finally:
+        junk.close()
     log = daemon.log()
     assert "camera nowhere: cannot open rtsp://127.0.0.1" in log
+    assert "camera junk: cannot open rtsp://127.0.0.1" in log
     assert "camera garbage: cannot open" in log
+    assert log.count("camera nowhere:") == 1  # warned once per outage, not every retry
     assert "Traceback" not in log
 
 
