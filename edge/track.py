@@ -14,8 +14,6 @@ import numpy as np
 
 from edge.faces import Box
 
-EVENT_KINDS = ("start", "change", "heartbeat", "end")
-
 
 @dataclass(frozen=True)
 class TrackEvent:

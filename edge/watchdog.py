@@ -45,6 +45,3 @@ class Notifier:
 
     def alive(self) -> None:
         self.notify("WATCHDOG=1")
-
-    def status(self, text: str) -> None:
-        self.notify(f"STATUS={text}")

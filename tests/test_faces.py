@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import cv2
 from conftest import SHARED
 
+from edge.analyze import frames as read_video
 from edge.faces import FaceDetector, FaceScanner, to_gray
 
 CLIP = SHARED / "media" / "asl-again.mkv"
 
 
 def frames():
-    capture = cv2.VideoCapture(str(CLIP))
-    ok, frame = capture.read()
-    while ok:
-        yield to_gray(frame)
-        ok, frame = capture.read()
+    return (to_gray(frame) for _, frame in read_video(CLIP))
 
 
 def test_scanner_finds_the_face_in_as_many_frames_as_full_scans():

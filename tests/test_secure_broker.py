@@ -84,23 +84,26 @@ def secure_broker(tmp_path):
     broker.stop()
 
 
+def secure_config(port: int, ca: Path, password: str) -> dict:
+    """A looping clip, events to the TLS broker as user "edge"."""
+    mqtt = {
+        "host": "127.0.0.1",
+        "port": port,
+        "username": "edge",
+        "password": password,
+        "tls": {"ca_file": str(ca)},
+    }
+    return {
+        "device_id": "porch",
+        "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+        "mqtt": mqtt,
+    }
+
+
 def test_tls_and_password_deliver_events(secure_broker, tmp_path):
     broker, ca = secure_broker
     sub = Subscriber(broker.port, "edge-emotion/#", ca=ca, credentials=("reader", "r3ader"))
-    daemon = DaemonProcess(
-        tmp_path,
-        {
-            "device_id": "porch",
-            "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
-            "mqtt": {
-                "host": "127.0.0.1",
-                "port": broker.port,
-                "username": "edge",
-                "password": "s3cret-pw",
-                "tls": {"ca_file": str(ca)},
-            },
-        },
-    )
+    daemon = DaemonProcess(tmp_path, secure_config(broker.port, ca, "s3cret-pw"))
     try:
         messages = sub.wait_for(lambda ms: any(m.topic.endswith("/event") for m in ms), 30)
         assert json.loads(next(m for m in messages if m.topic.endswith("/event")).payload)
@@ -113,19 +116,7 @@ def test_tls_and_password_deliver_events(secure_broker, tmp_path):
 
 def test_wrong_password_is_logged_clearly_and_never_printed(secure_broker, tmp_path):
     broker, ca = secure_broker
-    daemon = DaemonProcess(
-        tmp_path,
-        {
-            "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
-            "mqtt": {
-                "host": "127.0.0.1",
-                "port": broker.port,
-                "username": "edge",
-                "password": "wrong-pw",
-                "tls": {"ca_file": str(ca)},
-            },
-        },
-    )
+    daemon = DaemonProcess(tmp_path, secure_config(broker.port, ca, "wrong-pw"))
     try:
         daemon.wait_metric(
             'edge_emotion_frames_processed_total{camera="clip"}', lambda v: v > 5, timeout=30

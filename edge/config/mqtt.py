@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr
 
 TOPIC_LEVEL = r"^[^/#+\s]+(/[^/#+\s]+)*$"
@@ -33,6 +31,3 @@ class MqttConfig(BaseModel):
     # Events kept in memory while the broker is away; when full, new events are refused (counted).
     queue_size: int = Field(10000, ge=1, le=60000)  # MQTT message ids wrap at 65535
     reconnect_max_s: float = Field(30.0, ge=1, le=600)
-
-    def key_path(self) -> Path | None:
-        return self.tls.key_file if self.tls else None
