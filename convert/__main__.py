@@ -48,8 +48,12 @@ def parser() -> argparse.ArgumentParser:
         default=defaults.weights,
         help="imagenet (Keras download), none (from scratch) or a weights FILE",
     )
+    train.add_argument(
+        "--init", type=Path, help="start from the weights of an earlier run's .keras model"
+    )
+    train.add_argument("--schedule", choices=("plateau", "cosine"), default=defaults.schedule)
     for spec in fields(Recipe):
-        if spec.name in {"backbone", "weights"}:
+        if spec.name in {"backbone", "weights", "schedule"}:
             continue
         flag = "--" + spec.name.replace("_", "-")
         train.add_argument(
@@ -115,7 +119,7 @@ def run_train(args: argparse.Namespace) -> int:
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
     if args.out.suffix != ".keras":
         raise ConvertError(f"--out {args.out}: the model file must end in .keras")
-    log = train(args.data, args.val_data, args.out, recipe)
+    log = train(args.data, args.val_data, args.out, recipe, args.init)
     print(f"best val accuracy {log.best_val_accuracy:.4f}; model saved to {args.out}")
     return 0
 

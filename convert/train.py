@@ -45,6 +45,10 @@ class Recipe:
     # Halve the rate after 2 flat validation epochs, stop after 6, keep the best val checkpoint.
     lr_patience: int = 2
     patience: int = 6
+    # "plateau" halves the rate on stalls and stops early; "cosine" decays it to zero over exactly
+    # ``epochs`` with no early stop: for a fixed CPU budget (continuing a run with ``init``) the
+    # whole budget is spent and the last, lowest-rate epochs are usually the best.
+    schedule: str = "plateau"
     # FER2013 has ambiguous and wrong labels: soften the targets a little.
     label_smoothing: float = 0.1
     # Class weights (N / (K * n_c)) ** power: 1 balances fully (disgust is 1.5% of train) but
@@ -64,13 +68,21 @@ class RunLog:
     finished: bool = False
 
 
-def train(data: str, val_data: str | None, out: Path, recipe: Recipe) -> RunLog:
-    """The whole run; resumes from ``<out>.backup/`` if an earlier run was interrupted."""
+def train(
+    data: str, val_data: str | None, out: Path, recipe: Recipe, init: Path | None = None
+) -> RunLog:
+    """The whole run; resumes from ``<out>.backup/`` if an earlier run was interrupted.
+
+    ``init`` starts from the weights of an earlier run's model (same backbone and size), so a
+    CPU budget can be spent in steps instead of one run of many hours.
+    """
     keras.utils.set_random_seed(recipe.seed)
     train_split, val_split = load_data(data, val_data)
     train_ds = make_dataset(train_split, recipe.batch_size, augmentation(), recipe.seed)
     val_ds = make_dataset(val_split, recipe.batch_size)
     model, backbone = build_model(recipe.backbone, recipe.weights, recipe.image_size, recipe.alpha)
+    if init is not None:
+        load_weights(model, init)
     log = start_log(out, recipe, data, val_data, train_split, val_split)
     weights = class_weights(train_split.class_counts(), recipe.class_weight_power)
     checkpoint = keras.callbacks.ModelCheckpoint(
@@ -80,20 +92,41 @@ def train(data: str, val_data: str | None, out: Path, recipe: Recipe) -> RunLog:
 
     fit = Fit(model, train_ds, val_ds, weights, recipe, out, log)
     backbone.trainable = False
-    fit.phase("head", 0, recipe.head_epochs, recipe.head_learning_rate, [checkpoint])
+    # A random backbone has no features worth protecting: from scratch, everything trains at once.
+    head_epochs = 0 if recipe.weights == "none" else recipe.head_epochs
+    fit.phase("head", 0, head_epochs, recipe.head_learning_rate, [checkpoint])
     backbone.trainable = True
+    steps = recipe.epochs * len(train_ds)
+    if recipe.schedule == "cosine":
+        rate, schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, steps), []
+    else:
+        rate, schedule = recipe.learning_rate, validation_schedule(recipe)
     fit.phase(
         "finetune",
-        recipe.head_epochs,
-        recipe.head_epochs + recipe.epochs,
-        recipe.learning_rate,
-        [checkpoint, *validation_schedule(recipe)],
+        head_epochs,
+        head_epochs + recipe.epochs,
+        rate,
+        [checkpoint, *schedule],
     )
     log.finished = True
     write_log(out, log)
     shutil.rmtree(out.with_suffix(".backup"), ignore_errors=True)
     plot_curves(log, out.with_suffix(".curves.png"))
     return log
+
+
+def load_weights(model: keras.Model, path: Path) -> None:
+    """Copy an earlier run's weights in; a different architecture is refused, not half-loaded."""
+    if not path.is_file():
+        raise ConvertError(f"--init {path}: no such file")
+    try:
+        earlier = keras.models.load_model(path, compile=False)
+        model.set_weights(earlier.get_weights())
+    except (ValueError, OSError) as error:
+        raise ConvertError(
+            f"--init {path}: does not fit this recipe's model (backbone and alpha must "
+            f"match): {error}"
+        ) from None
 
 
 def load_data(data: str, val_data: str | None) -> tuple[Split, Split]:
@@ -173,7 +206,7 @@ class Fit:
         name: str,
         first_epoch: int,
         end_epoch: int,
-        learning_rate: float,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
         callbacks: list[keras.callbacks.Callback],
     ) -> None:
         """Compile and fit one phase; skipped when the log shows it already finished."""
@@ -230,7 +263,7 @@ class EpochLog(keras.callbacks.Callback):
             "epoch": epoch + 1,
             "phase": self.phase,
             **{k: float(v) for k, v in logs.items()},
-            "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
+            "learning_rate": learning_rate(self.model.optimizer),
             "train_seconds": round(self.batch_seconds, 2),
             "epoch_seconds": round(time.perf_counter() - self.started, 2),
             "images_per_second": round(images / max(self.batch_seconds, 1e-9), 1),
@@ -238,6 +271,14 @@ class EpochLog(keras.callbacks.Callback):
         self.log.epochs = [e for e in self.log.epochs if e["epoch"] != epoch + 1] + [entry]
         self.log.best_val_accuracy = max(self.log.best_val_accuracy, entry["val_accuracy"])
         write_log(self.out, self.log)
+
+
+def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
+    """The rate in use now, whether fixed or a schedule of the step count."""
+    rate = optimizer.learning_rate
+    if callable(rate):
+        rate = rate(optimizer.iterations)
+    return float(keras.ops.convert_to_numpy(rate))
 
 
 def start_log(

@@ -55,7 +55,7 @@ class Daemon:
                 ),
                 classifier,
                 Tracker(classifier.labels, **config.tracking.model_dump()),
-                self.publisher.publish,
+                self.publisher,
                 self.metrics,
                 camera.fps,
             )
@@ -107,7 +107,10 @@ class Daemon:
                 log.info("every source has ended")
                 return 0
             newest = max(p.last_processed for p in self.pipelines)
-            stale_after = 3 * (self.notifier.watchdog_interval or 1.0) + max(
+            # Pings stop half a WatchdogSec after the last analysed frame, so systemd restarts a
+            # daemon whose cameras all gave nothing for 1.5 x WatchdogSec (90 s by default): a
+            # restart also resets wedged FFmpeg/V4L2 state; one camera alone never causes it.
+            stale_after = (self.notifier.watchdog_interval or 1.0) + max(
                 1 / c.fps for c in self.config.cameras
             )
             if time.monotonic() - newest < max(stale_after, 2.0):
@@ -146,7 +149,7 @@ class Daemon:
 def make_publisher(config: EdgeConfig) -> Publisher:
     if config.mqtt is None:
         return StdoutPublisher()
-    return MqttPublisher(config.mqtt, config.device_id)
+    return MqttPublisher(config.mqtt, config.device_id, [c.name for c in config.cameras])
 
 
 def tune_opencv(cameras: int) -> None:

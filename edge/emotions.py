@@ -44,6 +44,10 @@ class ModelMetadata:
     pixel_scale: float = 1.0
     pixel_offset: float = 0.0
     output: str = "probabilities"  # probabilities | logits
+    # Average each face with its mirror image (one invocation of twice the batch): faces are
+    # near-symmetric, so this is cheap test-time augmentation; ``convert export --flip`` sets it
+    # when bench/model.py shows it pays for its doubled time.
+    test_time_flip: bool = False
     quantization: str = "none"
     input_dtype: str = "float32"
     input_quant: tuple[float, int] = (0.0, 0)  # (scale, zero_point) of the input tensor
@@ -137,6 +141,8 @@ class EmotionClassifier:
             info = np.iinfo(dtype)
             x = np.clip(np.round(x / scale + zero_point), info.min, info.max)
         x = x.astype(dtype)
+        if meta.test_time_flip:
+            x = np.concatenate([x, x[:, :, ::-1]])
         if len(x) != self._batch:
             self._interpreter.resize_tensor_input(self._input["index"], list(x.shape))
             self._interpreter.allocate_tensors()
@@ -150,6 +156,8 @@ class EmotionClassifier:
         if meta.output == "logits":
             y = np.exp(y - y.max(axis=1, keepdims=True))
             y /= y.sum(axis=1, keepdims=True)
+        if meta.test_time_flip:
+            y = (y[: len(y) // 2] + y[len(y) // 2 :]) / 2
         return y
 
     def _prepare(self, face: np.ndarray) -> np.ndarray:

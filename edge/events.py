@@ -43,6 +43,42 @@ class Event:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
+@dataclass(frozen=True)
+class CameraState:
+    """What a camera sees now: the retained ``<camera>/state`` message (Home Assistant sensors).
+
+    ``dominant`` is the emotion most of the tracked faces show (ties go to the larger summed
+    confidence), ``none`` without faces.
+    """
+
+    device_id: str
+    camera: str
+    faces: tuple[tuple[str, float], ...]  # (emotion, confidence) per tracked face
+
+    @property
+    def dominant(self) -> str:
+        totals: dict[str, tuple[int, float]] = {}
+        for emotion, confidence in self.faces:
+            count, summed = totals.get(emotion, (0, 0.0))
+            totals[emotion] = (count + 1, summed + confidence)
+        return max(totals, key=totals.__getitem__) if totals else "none"
+
+    def summary(self) -> tuple[int, str]:
+        """What subscribers see change: republished only when this differs."""
+        return len(self.faces), self.dominant
+
+    def payload(self, sent: float | None = None) -> bytes:
+        body = {
+            "schema_version": SCHEMA_VERSION,
+            "device_id": self.device_id,
+            "camera": self.camera,
+            "faces": len(self.faces),
+            "dominant_emotion": self.dominant,
+            "time": iso_utc(time.time() if sent is None else sent),
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
 def iso_utc(unix: float) -> str:
     return (
         datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

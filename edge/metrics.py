@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -48,6 +55,8 @@ class Metrics:
             registry=r,
         )
         self.model_info = Info(f"{PREFIX}_model", "The emotion model in use", registry=r)
+        # process_resident_memory_bytes, process_cpu_seconds_total...: what a long run costs.
+        ProcessCollector(registry=r)
 
     def watch(
         self, readers: Callable[[], Iterable[tuple[str, ReaderStats]]], publisher: PublisherStats

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 import numpy as np
 
+from edge.comms import Publisher
 from edge.emotions import EmotionClassifier
-from edge.events import Event
+from edge.events import CameraState, Event
 from edge.faces import FaceScanner, crop, to_gray
 from edge.metrics import Metrics
 from edge.track import Tracker, TrackEvent
@@ -31,17 +31,18 @@ class CameraPipeline:
         scanner: FaceScanner,
         classifier: EmotionClassifier,
         tracker: Tracker,
-        publish: Callable[[Event], None],
+        publisher: Publisher,
         metrics: Metrics,
         fps: float,
     ) -> None:
         self.device_id, self.reader, self.scanner = device_id, reader, scanner
-        self.classifier, self.tracker, self.publish = classifier, tracker, publish
+        self.classifier, self.tracker, self.publisher = classifier, tracker, publisher
         self.metrics, self.interval = metrics, 1.0 / fps
         self.name = reader.camera.name
         self.last_processed = 0.0  # monotonic time of the last analysed frame (watchdog)
         self.failed_frames = 0
         self._last_failure_log = 0.0
+        self._state: tuple[int, str] | None = None  # last published (faces, dominant emotion)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}", daemon=True)
 
@@ -78,6 +79,7 @@ class CameraPipeline:
                     self._failed_frame()
         finally:
             self._emit(self.tracker.close())
+            self._publish_state()
 
     def process(self, frame: Frame) -> None:
         m, camera = self.metrics, self.name
@@ -102,12 +104,21 @@ class CameraPipeline:
     def _emit(self, events: list[TrackEvent]) -> None:
         for track_event in events:
             event = Event(self.device_id, self.name, track_event)
-            self.publish(event)
+            self.publisher.publish(event)
             self.metrics.events.labels(self.name, track_event.kind, track_event.emotion).inc()
             if track_event.kind != "end":
                 self.metrics.end_to_end_seconds.labels(self.name).observe(
                     max(0.0, time.time() - track_event.frame_time)
                 )
+        if events or self._state is None:
+            self._publish_state()
+
+    def _publish_state(self) -> None:
+        """The camera's state, only when the face count or the dominant emotion changed."""
+        state = CameraState(self.device_id, self.name, tuple(self.tracker.present()))
+        if state.summary() != self._state:
+            self._state = state.summary()
+            self.publisher.publish_state(state)
 
     def _failed_frame(self) -> None:
         """Log the first failure with its traceback, then at most one line a minute."""

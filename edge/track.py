@@ -78,6 +78,10 @@ class Tracker:
                 events.append(self._event("end", track, track.seen_at))
         return events
 
+    def present(self) -> list[tuple[str, float]]:
+        """(emotion, confidence) of every face being tracked now, for the camera's state."""
+        return [(self.labels[t.emotion], float(t.scores[t.emotion])) for t in self.tracks]
+
     def close(self) -> list[TrackEvent]:
         """End every open track (shutdown): subscribers never keep a face that is gone."""
         events = [self._event("end", t, t.seen_at) for t in self.tracks]

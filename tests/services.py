@@ -66,6 +66,10 @@ class Broker:
         wait_for_port(self.port)
         return self
 
+    def reload(self) -> None:
+        """SIGHUP: mosquitto rereads its password file, as an operator rotating one does."""
+        self.proc.send_signal(signal.SIGHUP)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # saves the persistence file
@@ -121,10 +125,12 @@ class Subscriber:
         client_id: str = "test-subscriber",
         ca: Path | None = None,
         credentials: tuple[str, str] | None = None,
+        changed: threading.Condition | None = None,
     ) -> None:
         self.messages: list[mqtt.MQTTMessage] = []
         self.received_at: list[float] = []  # wall-clock receipt time of each message
-        self._changed = threading.Condition()
+        # Subscribers given one condition wake each other: wait on what they receive together.
+        self._changed = changed or threading.Condition()
         self.topic = topic
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False

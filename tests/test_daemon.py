@@ -108,7 +108,9 @@ def daemons(tmp_path):
     started: list[DaemonProcess] = []
 
     def start(config: dict, env: dict | None = None) -> DaemonProcess:
-        d = DaemonProcess(tmp_path, config, env)
+        folder = tmp_path / f"daemon-{len(started)}"  # config and log of each daemon
+        folder.mkdir()
+        d = DaemonProcess(folder, config, env)
         started.append(d)
         return d
 

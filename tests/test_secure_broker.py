@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import time
+from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import SHARED
+from conftest import ROOT, SHARED
 from services import Broker, Subscriber
 from test_daemon import DaemonProcess
 
@@ -128,3 +133,72 @@ def test_wrong_password_is_logged_clearly_and_never_printed(secure_broker, tmp_p
     log = daemon.log()
     assert "refused the connection: Not authorized" in log or "Bad user name or password" in log
     assert "wrong-pw" not in log
+
+
+def refusal_times(log: str) -> list[datetime]:
+    return [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        for line in log.splitlines()
+        if "refused the connection" in line
+    ]
+
+
+def test_refused_credentials_are_retried_with_backoff_and_the_queue_is_kept(
+    secure_broker, tmp_path
+):
+    """The device got its new password before the broker: nothing is lost meanwhile."""
+    broker, ca = secure_broker
+    config = secure_config(broker.port, ca, "n3w-pw")
+    config["mqtt"]["reconnect_max_s"] = 2
+    config["tracking"] = {"heartbeat_s": 0.2}  # a steady stream of events to queue
+    sub = Subscriber(broker.port, "edge-emotion/+/+/event", ca=ca, credentials=("reader", "r3ader"))
+    daemon = DaemonProcess(tmp_path, config)
+    try:
+        daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 10, timeout=30)
+        deadline = time.monotonic() + 30
+        while len(refusal_times(daemon.log())) < 3:  # the log is a file: poll it
+            assert time.monotonic() < deadline, daemon.log()
+            daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 1, timeout=5)
+            time.sleep(0.2)
+        metrics_text = "\n".join(daemon.metrics())
+        assert daemon.metrics()["edge_emotion_events_dropped_total"] == 0
+        # The broker learns the new password; the daemon's next retry gets in and delivers.
+        passwords = tmp_path / "passwords"
+        subprocess.run(["mosquitto_passwd", "-b", passwords, "edge", "n3w-pw"], check=True)
+        broker.reload()
+        daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=15)
+        daemon.wait_metric("edge_emotion_events_queued", lambda v: v == 0, timeout=15)
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        daemon.kill()
+    log = daemon.log()
+    times = refusal_times(log)
+    gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
+    assert min(gaps) >= 0.9, gaps  # paho's reconnect delay: 1 s, doubling up to reconnect_max_s
+    summary = [line for line in log.splitlines() if "events delivered" in line][-1]
+    assert "undelivered 0, dropped 0" in summary
+    delivered = int(summary.split("events delivered ")[1].split(",")[0])
+    received = sub.wait_for(lambda ms: len({m.payload for m in ms}) >= delivered, timeout=10)
+    sub.close()
+    assert len({m.payload for m in received}) == delivered
+    assert "n3w-pw" not in log and "n3w-pw" not in metrics_text
+
+
+def test_check_config_never_prints_the_password(tmp_path):
+    config = tmp_path / "edge.yaml"
+    config.write_text(
+        "cameras: [{name: clip, source: " + str(CLIP) + "}]\n"
+        "mqtt: {host: 127.0.0.1, username: edge, password: n3w-pw}\n"
+    )
+    for env in ({}, {"EDGE_MQTT__PASSWORD": "env-s3cret"}):
+        done = subprocess.run(
+            [sys.executable, "-m", "edge", "check-config", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "edge" in done.stdout and "***" in done.stdout
+        output = done.stdout + done.stderr
+        assert "n3w-pw" not in output and "env-s3cret" not in output

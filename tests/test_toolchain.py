@@ -187,3 +187,62 @@ def test_bad_input_exits_nonzero_with_a_clear_message(args, message: str):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_run_continues_from_an_earlier_model_with_a_cosine_schedule(trained: Path, tmp_path):
+    """A CPU budget spent in steps: the second run starts where the first ended."""
+    out = tmp_path / "continued.keras"
+    result = run_cli(
+        "convert",
+        "train",
+        "--data",
+        SAMPLE_CSV,
+        "--weights",
+        MNV2_WEIGHTS,
+        "--init",
+        trained,
+        "--schedule",
+        "cosine",
+        "--learning-rate",
+        "1e-3",
+        *TINY[:4],
+        "--head-epochs",
+        "0",
+        "--epochs",
+        "2",
+        "--out",
+        out,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads(out.with_suffix(".history.json").read_text())
+    rates = [e["learning_rate"] for e in history["epochs"]]
+    assert [e["phase"] for e in history["epochs"]] == ["finetune", "finetune"]
+    assert 0.4e-3 < rates[0] < 0.6e-3 and rates[1] < 1e-6  # half-way, then decayed to zero
+
+    import keras
+
+    before = keras.saving.load_model(trained, compile=False).get_layer("head_dense")
+    after = keras.saving.load_model(out, compile=False).get_layer("head_dense")
+    # A few small Adam steps away from the earlier weights; a fresh head would differ by ~0.1.
+    assert np.abs(after.kernel.numpy() - before.kernel.numpy()).max() < 0.02
+
+
+def test_init_from_a_model_of_another_architecture_is_refused(trained: Path, tmp_path):
+    result = run_cli(
+        "convert",
+        "train",
+        "--data",
+        SAMPLE_CSV,
+        "--backbone",
+        "resnet50",
+        "--weights",
+        "none",
+        "--init",
+        trained,
+        "--out",
+        tmp_path / "r.keras",
+        *TINY,
+    )
+    assert result.returncode == 2
+    assert f"--init {trained}: does not fit" in result.stderr
+    assert "Traceback" not in result.stderr

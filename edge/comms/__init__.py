@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge.events import Event
+from edge.events import CameraState, Event
 
 
 @dataclass
@@ -24,6 +24,9 @@ class Publisher(Protocol):
 
     def publish(self, event: Event) -> None:
         """Queue one event for delivery; thread-safe; never blocks."""
+
+    def publish_state(self, state: CameraState) -> None:
+        """Replace a camera's current state (retained); not an event, not counted as one."""
 
     def close(self, timeout: float) -> None:
         """Deliver what is queued for up to ``timeout`` s, announce offline, disconnect."""

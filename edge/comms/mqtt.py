@@ -4,6 +4,9 @@ Unlike daemons that drop events while disconnected, events published during an o
 paho's bounded in-memory queue and go out, in order, after the reconnect; events refused because
 the queue is full are counted. ``<prefix>/<device_id>/status`` is ``online`` (retained) while
 connected and ``offline`` on clean shutdown or, through the last will, when the daemon dies.
+Each camera's current state (faces, dominant emotion) is the retained ``<camera>/state``; with
+Home Assistant discovery on, the sensors reading it are announced at every connect and whenever
+Home Assistant says it is back ``online``.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
 
 from edge.comms import PublisherStats
+from edge.comms.homeassistant import discovery_messages, state_topic
 from edge.config import MqttConfig
-from edge.events import Event
+from edge.events import CameraState, Event
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +31,9 @@ EARLY_ACK_TTL_S = 10.0
 
 
 class MqttPublisher:
-    def __init__(self, config: MqttConfig, device_id: str) -> None:
+    def __init__(self, config: MqttConfig, device_id: str, cameras: Sequence[str] = ()) -> None:
         self.config = config
+        self.device_id, self.cameras = device_id, tuple(cameras)
         self.stats = PublisherStats()
         self.base = f"{config.topic_prefix}/{device_id}"
         self.status_topic = f"{self.base}/status"
@@ -61,6 +67,7 @@ class MqttPublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def start(self) -> None:
@@ -88,6 +95,16 @@ class MqttPublisher:
             else:
                 self._pending.add(info.mid)
             self.stats.queued = len(self._pending)
+
+    def publish_state(self, state: CameraState) -> None:
+        topic = state_topic(self.base, state.camera)
+        self.client.publish(topic, state.payload(), qos=self.config.qos, retain=True)
+
+    def announce(self) -> None:
+        """Home Assistant discovery configs, retained; idempotent, so re-announcing is safe."""
+        ha = self.config.homeassistant
+        for topic, payload in discovery_messages(ha, self.base, self.device_id, self.cameras):
+            self.client.publish(topic, payload, qos=1, retain=True)
 
     def close(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -117,6 +134,15 @@ class MqttPublisher:
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
         self.stats.connected = True
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        if self.config.homeassistant.enabled:
+            client.subscribe(self.config.homeassistant.status_topic, qos=1)
+            self.announce()
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        ha = self.config.homeassistant
+        if ha.enabled and message.topic == ha.status_topic and message.payload == b"online":
+            log.info("Home Assistant is online: announcing the sensors again")
+            self.announce()
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object

@@ -7,7 +7,7 @@ import threading
 from typing import TextIO
 
 from edge.comms import PublisherStats
-from edge.events import Event
+from edge.events import CameraState, Event
 
 
 class StdoutPublisher:
@@ -25,6 +25,10 @@ class StdoutPublisher:
             self._stream.write(line + "\n")
             self._stream.flush()
             self.stats.published += 1
+
+    def publish_state(self, state: CameraState) -> None:
+        """Not written: a pipe of events carries the same information, and states would double
+        every line a demo prints."""
 
     def close(self, timeout: float) -> None:
         pass

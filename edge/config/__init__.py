@@ -17,9 +17,17 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from edge import DEFAULT_MODEL
 from edge.config.camera import NAME_PATTERN, CameraConfig, mask_url
-from edge.config.mqtt import MqttConfig, TlsConfig
+from edge.config.mqtt import HomeAssistantConfig, MqttConfig, TlsConfig
 
-__all__ = ["CameraConfig", "ConfigError", "EdgeConfig", "MqttConfig", "TlsConfig", "load_config"]
+__all__ = [
+    "CameraConfig",
+    "ConfigError",
+    "EdgeConfig",
+    "HomeAssistantConfig",
+    "MqttConfig",
+    "TlsConfig",
+    "load_config",
+]
 
 
 class ConfigError(Exception):

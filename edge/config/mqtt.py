@@ -16,6 +16,18 @@ class TlsConfig(BaseModel):
     insecure: bool = Field(False, description="skip host name verification (testing only)")
 
 
+class HomeAssistantConfig(BaseModel):
+    """MQTT discovery: Home Assistant creates the sensors itself from retained config messages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    discovery_prefix: str = Field("homeassistant", pattern=TOPIC_LEVEL)
+    # Home Assistant publishes "online" here when it starts: we announce the sensors again.
+    status_topic: str = Field("homeassistant/status", pattern=TOPIC_LEVEL)
+    device_name: str | None = Field(None, description="default: Emotion sensor <device_id>")
+
+
 class MqttConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -31,3 +43,4 @@ class MqttConfig(BaseModel):
     # Events kept in memory while the broker is away; when full, new events are refused (counted).
     queue_size: int = Field(10000, ge=1, le=60000)  # MQTT message ids wrap at 65535
     reconnect_max_s: float = Field(30.0, ge=1, le=600)
+    homeassistant: HomeAssistantConfig = HomeAssistantConfig()

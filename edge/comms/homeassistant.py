@@ -1,0 +1,73 @@
+"""Home Assistant MQTT discovery: two sensors per camera, announced as retained config messages.
+
+``<discovery_prefix>/sensor/<device_id>/<camera>_emotion/config`` (the dominant emotion) and
+``…/<camera>_faces/config`` (how many faces are tracked) both read the camera's retained
+``<prefix>/<device_id>/<camera>/state`` message and share one device block and the daemon's
+availability topic, so Home Assistant shows them unavailable when the daemon is offline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from edge.config import HomeAssistantConfig
+
+SENSORS = {
+    # object suffix: (name, value template, extra fields)
+    "emotion": ("emotion", "{{ value_json.dominant_emotion }}", {"icon": "mdi:emoticon-outline"}),
+    "faces": (
+        "faces",
+        "{{ value_json.faces }}",
+        {
+            "icon": "mdi:account-multiple",
+            "state_class": "measurement",
+            "unit_of_measurement": "faces",
+        },
+    ),
+}
+
+
+def state_topic(base: str, camera: str) -> str:
+    """``<prefix>/<device_id>/<camera>/state``: the one place the state topic is spelled."""
+    return f"{base}/{camera}/state"
+
+
+def discovery_messages(
+    config: HomeAssistantConfig, base: str, device_id: str, cameras: Sequence[str]
+) -> list[tuple[str, bytes]]:
+    """(topic, payload) of every sensor config; payloads are published retained."""
+    device = {
+        "identifiers": [f"edge-emotion_{device_id}"],
+        "name": config.device_name or f"Emotion sensor {device_id}",
+        "manufacturer": "edge-emotion",
+        "model": "face emotion recognition daemon",
+        "sw_version": _version(),
+    }
+    messages = []
+    for camera in cameras:
+        for suffix, (name, template, extra) in SENSORS.items():
+            object_id = f"{camera}_{suffix}"
+            payload = {
+                "name": f"{camera} {name}",
+                "unique_id": f"edge-emotion_{device_id}_{object_id}",
+                "object_id": f"{device_id}_{object_id}",
+                "state_topic": state_topic(base, camera),
+                "value_template": template,
+                "availability_topic": f"{base}/status",
+                "payload_available": "online",
+                "payload_not_available": "offline",
+                "device": device,
+                **extra,
+            }
+            topic = f"{config.discovery_prefix}/sensor/{device_id}/{object_id}/config"
+            messages.append((topic, json.dumps(payload, separators=(",", ":")).encode()))
+    return messages
+
+
+def _version() -> str:
+    try:
+        return version("edge-emotion")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"

@@ -1,0 +1,99 @@
+"""Home Assistant picks the cameras up by itself: retained discovery configs on the real broker."""
+
+from __future__ import annotations
+
+import json
+
+import paho.mqtt.client as mqtt
+from services import Subscriber
+from test_daemon import CLIP, EMOTIONS, broker, daemons  # noqa: F401 (fixtures)
+
+
+def configs(messages: list[mqtt.MQTTMessage]) -> dict[str, dict]:
+    return {
+        m.topic: json.loads(m.payload)
+        for m in messages
+        if m.topic.startswith("homeassistant/") and m.payload
+    }
+
+
+def test_discovery_announces_sensors_whose_state_topics_carry_values(broker, daemons):  # noqa: F811
+    daemon = daemons(
+        {
+            "device_id": "hall",
+            "cameras": [
+                {"name": "door", "source": str(CLIP), "loop": True, "fps": 5},
+                {"name": "desk", "source": str(CLIP), "loop": True, "fps": 5},
+            ],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "homeassistant": {"enabled": True}},
+        }
+    )
+    daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=30)
+    # A Home Assistant starting later: retained configs reach a subscriber that was not there.
+    ha = Subscriber(broker.port, "homeassistant/sensor/#", client_id="home-assistant")
+    found = configs(ha.wait_for(lambda ms: len(configs(ms)) == 4, timeout=15))
+    assert all(m.retain for m in ha.messages)
+    assert set(found) == {
+        f"homeassistant/sensor/hall/{camera}_{sensor}/config"
+        for camera in ("door", "desk")
+        for sensor in ("emotion", "faces")
+    }
+    devices = {json.dumps(c["device"], sort_keys=True) for c in found.values()}
+    assert len(devices) == 1 and "edge-emotion_hall" in devices.pop()
+    assert len({c["unique_id"] for c in found.values()}) == 4
+    for config in found.values():
+        assert config["availability_topic"] == "edge-emotion/hall/status"
+
+    # The state topics the configs name carry what the value templates read.
+    state_topics = {c["state_topic"] for c in found.values()}
+    assert state_topics == {"edge-emotion/hall/door/state", "edge-emotion/hall/desk/state"}
+    states = Subscriber(broker.port, "edge-emotion/hall/+/state", client_id="ha-states")
+
+    def seen_faces(ms: list[mqtt.MQTTMessage]) -> set[str]:
+        return {m.topic for m in ms if json.loads(m.payload)["faces"] >= 1}
+
+    messages = states.wait_for(lambda ms: seen_faces(ms) == state_topics, timeout=30)
+    for m in messages:
+        state = json.loads(m.payload)
+        assert m.topic == f"edge-emotion/hall/{state['camera']}/state"
+        assert isinstance(state["faces"], int) and state["faces"] >= 0
+        assert state["dominant_emotion"] in EMOTIONS | {"none"}
+        assert (state["faces"] == 0) == (state["dominant_emotion"] == "none")
+    status = Subscriber(broker.port, "edge-emotion/hall/status", client_id="ha-status")
+    status.wait_for(lambda ms: ms and ms[-1].payload == b"online", timeout=10)
+
+    # Home Assistant restarts: it says "online" and the daemon announces everything again.
+    before = len(ha.messages)
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ha-birth")
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    publisher.publish("homeassistant/status", "online", qos=1).wait_for_publish(5)
+    again = ha.wait_for(lambda ms: len(configs(ms[before:])) == 4, timeout=10)
+    assert configs(again[before:]) == found
+    publisher.loop_stop()
+    publisher.disconnect()
+
+    assert daemon.stop() == 0, daemon.log()
+    # Stopped: offline, which every sensor uses as its availability.
+    status.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=5)
+    for sub in (ha, states, status):
+        sub.close()
+
+
+def test_without_discovery_nothing_is_announced(broker, daemons):  # noqa: F811
+    daemon = daemons(
+        {
+            "device_id": "hall",
+            "cameras": [{"name": "door", "source": str(CLIP), "loop": True, "fps": 5}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        }
+    )
+    states = Subscriber(broker.port, "#", client_id="everything")
+    states.wait_for(
+        lambda ms: any(m.topic.endswith("/state") and b'"faces":1' in m.payload for m in ms),
+        timeout=30,
+    )
+    assert daemon.stop() == 0, daemon.log()
+    states.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=5)
+    states.close()
+    assert not [m.topic for m in states.messages if m.topic.startswith("homeassistant/")]
