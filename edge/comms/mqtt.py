@@ -40,6 +40,7 @@ class MqttPublisher:
         self._pending: set[int] = set()
         self._acked_early: dict[int, float] = {}
         self._lock = threading.Lock()
+        self._closing = False  # our own disconnect at shutdown is not an outage to warn about
         self._drained = threading.Condition(self._lock)
         self.client = self._client(config, device_id)
 
@@ -117,6 +118,7 @@ class MqttPublisher:
             info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        self._closing = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -147,7 +149,9 @@ class MqttPublisher:
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
-        if self.stats.connected:
+        if self._closing:
+            log.info("MQTT disconnected")
+        elif self.stats.connected:
             log.warning("MQTT disconnected (%s); events are queued until it is back", reason)
         self.stats.connected = False
         with self._drained:
