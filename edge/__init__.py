@@ -3,6 +3,7 @@
 The runtime never imports TensorFlow: the model runs on the LiteRT interpreter.
 """
 
+import site
 import sys
 from pathlib import Path
 
@@ -11,10 +12,14 @@ MODEL_FILE = "emotion-int8.tflite"
 
 def _default_model() -> Path:
     """A checkout's ``models/`` (development, editable installs) comes first; a wheel installs
-    its copy under ``<prefix>/share/edge-emotion/models/`` (pyproject's data-files)."""
+    its copy under ``<prefix>/share/edge-emotion/models/`` (pyproject's data-files), where the
+    prefix is the environment's, or the user base for ``pip install --user``."""
     checkout = Path(__file__).resolve().parent.parent / "models" / MODEL_FILE
-    installed = Path(sys.prefix) / "share" / "edge-emotion" / "models" / MODEL_FILE
-    return installed if installed.is_file() and not checkout.is_file() else checkout
+    for prefix in (sys.prefix, site.getuserbase()):
+        installed = Path(prefix) / "share" / "edge-emotion" / "models" / MODEL_FILE
+        if installed.is_file() and not checkout.is_file():
+            return installed
+    return checkout
 
 
 DEFAULT_MODEL = _default_model()

@@ -45,8 +45,8 @@ class ModelMetadata:
     pixel_offset: float = 0.0
     output: str = "probabilities"  # probabilities | logits
     # Average each face with its mirror image (one invocation of twice the batch): faces are
-    # near-symmetric, so this is cheap test-time augmentation; ``convert export --flip`` sets it
-    # when bench/model.py shows it pays for its doubled time.
+    # near-symmetric, so this is cheap test-time augmentation. Off for the shipped model:
+    # `bench/model.py --flip` measured +0.14 points for 1.9x the time (models/MODEL_CARD.md).
     test_time_flip: bool = False
     quantization: str = "none"
     input_dtype: str = "float32"
@@ -88,6 +88,8 @@ class ModelMetadata:
             raise
         except (ValueError, TypeError, KeyError) as error:
             raise ModelError(f"{path}: invalid model metadata: {error}") from None
+        if not isinstance(meta.test_time_flip, bool):
+            raise ModelError(f"{path}: test_time_flip must be true or false")
         if meta.color not in {"gray", "rgb", "bgr"} or meta.output not in {
             "probabilities",
             "logits",

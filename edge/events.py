@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from edge.track import TrackEvent
@@ -54,6 +54,7 @@ class CameraState:
     device_id: str
     camera: str
     faces: tuple[tuple[str, float], ...]  # (emotion, confidence) per tracked face
+    since: float = field(default_factory=time.time)  # when the camera came to this state
 
     @property
     def dominant(self) -> str:
@@ -67,14 +68,14 @@ class CameraState:
         """What subscribers see change: republished only when this differs."""
         return len(self.faces), self.dominant
 
-    def payload(self, sent: float | None = None) -> bytes:
+    def payload(self) -> bytes:
         body = {
             "schema_version": SCHEMA_VERSION,
             "device_id": self.device_id,
             "camera": self.camera,
             "faces": len(self.faces),
             "dominant_emotion": self.dominant,
-            "time": iso_utc(time.time() if sent is None else sent),
+            "since": iso_utc(self.since),
         }
         return json.dumps(body, separators=(",", ":")).encode()
 

@@ -139,7 +139,9 @@ class Subscriber:
             self.client.tls_set(ca_certs=str(ca))
         if credentials:
             self.client.username_pw_set(*credentials)
+        self.subscribed = False  # the broker acknowledged the subscription
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
         self.client.connect_async("127.0.0.1", port, keepalive=10)
@@ -150,6 +152,17 @@ class Subscriber:
             self.messages.append(message)
             self.received_at.append(time.time())
             self._changed.notify_all()
+
+    def _on_subscribe(self, client: mqtt.Client, *_: object) -> None:
+        with self._changed:
+            self.subscribed = True
+            self._changed.notify_all()
+
+    def wait_subscribed(self, timeout: float = 10) -> None:
+        """Until the broker has acknowledged the subscription: what is published after it counts."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.subscribed, timeout):
+                raise AssertionError(f"{self.topic}: subscription not acknowledged in {timeout} s")
 
     def wait_for(self, predicate: Callable[[list[mqtt.MQTTMessage]], bool], timeout: float):
         with self._changed:

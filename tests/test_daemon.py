@@ -164,7 +164,7 @@ def test_rtsp_stream_to_mqtt_events_end_to_end(broker, rtsp, daemons):
 
 def test_broker_restart_loses_no_event(tmp_path, broker, rtsp, daemons):
     sub = Subscriber(broker.port, "edge-emotion/+/+/event")
-    sub.wait_for(lambda ms: sub.client.is_connected(), timeout=10)
+    sub.wait_subscribed()
     daemon = daemons(
         {
             "device_id": "porch",

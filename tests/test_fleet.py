@@ -25,7 +25,7 @@ def test_two_devices_and_a_shared_group_of_two_consumers_see_each_event_once(bro
         for i in (1, 2)
     ]
     for consumer in consumers:
-        consumer.wait_for(lambda ms, c=consumer: c.client.is_connected(), timeout=10)
+        consumer.wait_subscribed()  # events published before this would bypass the group
     devices = [
         daemons(
             {

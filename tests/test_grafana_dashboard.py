@@ -12,6 +12,9 @@ from test_daemon import CLIP, broker, daemons  # noqa: F401 (fixtures)
 DASHBOARD = ROOT / "contrib" / "grafana" / "edge-emotion-dashboard.json"
 METRIC = re.compile(r"\b((?:edge_emotion|process)_[a-z_]+)")
 GROUPING = re.compile(r"\bby \(([^)]*)\)")
+SELECTED = re.compile(r'([a-zA-Z_]\w*)=~?"')  # label matchers inside {...}
+LEGEND = re.compile(r"\{\{(\w+)\}\}")
+LABEL_VALUES = re.compile(r"label_values\(.*,\s*(\w+)\)")
 ADDED_BY_PROMETHEUS = {"instance", "job"}
 
 
@@ -19,6 +22,15 @@ def queries(dashboard: dict) -> list[str]:
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     variables = [v["definition"] for v in dashboard["templating"]["list"] if "definition" in v]
     return exprs + variables
+
+
+def queries_and_legends(dashboard: dict) -> list[tuple[str, str]]:
+    pairs = [
+        (t["expr"], t.get("legendFormat", ""))
+        for p in dashboard["panels"]
+        for t in p.get("targets", [])
+    ]
+    return pairs + [(q, "") for q in queries(dashboard)[len(pairs) :]]
 
 
 def exposition(port: int) -> dict[str, set[str]]:
@@ -50,10 +62,12 @@ def test_every_metric_and_label_the_dashboard_queries_is_exported(broker, daemon
     assert len(wanted) >= 12, wanted
     missing = sorted(wanted - set(exported))
     assert not missing, f"dashboard queries metrics the daemon does not export: {missing}"
-    for query in queries(dashboard):
+    for query, legend in queries_and_legends(dashboard):
         names = METRIC.findall(query)
+        used = {*SELECTED.findall(query), *LEGEND.findall(legend), *LABEL_VALUES.findall(query)}
         for group in GROUPING.findall(query):
-            labels = {label.strip() for label in group.split(",")} - ADDED_BY_PROMETHEUS
-            for name in names:
-                assert labels <= exported[name], f"{query}: {name} has no label {labels}"
+            used |= {label.strip() for label in group.split(",")}
+        used -= ADDED_BY_PROMETHEUS | {"le"}
+        for name in names:
+            assert used <= exported[name], f"{query}: {name} lacks labels {used - exported[name]}"
     assert daemon.stop() == 0, daemon.log()

@@ -20,7 +20,7 @@ def configs(messages: list[mqtt.MQTTMessage]) -> dict[str, dict]:
 def test_discovery_announces_sensors_whose_state_topics_carry_values(broker, daemons):  # noqa: F811
     daemon = daemons(
         {
-            "device_id": "hall",
+            "device_id": "Hall-1",
             "cameras": [
                 {"name": "door", "source": str(CLIP), "loop": True, "fps": 5},
                 {"name": "desk", "source": str(CLIP), "loop": True, "fps": 5},
@@ -28,26 +28,31 @@ def test_discovery_announces_sensors_whose_state_topics_carry_values(broker, dae
             "mqtt": {"host": "127.0.0.1", "port": broker.port, "homeassistant": {"enabled": True}},
         }
     )
-    daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=30)
+    announced = Subscriber(broker.port, "homeassistant/sensor/#", client_id="first-look")
+    announced.wait_for(lambda ms: len(configs(ms)) == 4, timeout=30)
+    announced.close()
     # A Home Assistant starting later: retained configs reach a subscriber that was not there.
     ha = Subscriber(broker.port, "homeassistant/sensor/#", client_id="home-assistant")
     found = configs(ha.wait_for(lambda ms: len(configs(ms)) == 4, timeout=15))
     assert all(m.retain for m in ha.messages)
     assert set(found) == {
-        f"homeassistant/sensor/hall/{camera}_{sensor}/config"
+        f"homeassistant/sensor/Hall-1/{camera}_{sensor}/config"
         for camera in ("door", "desk")
         for sensor in ("emotion", "faces")
     }
     devices = {json.dumps(c["device"], sort_keys=True) for c in found.values()}
-    assert len(devices) == 1 and "edge-emotion_hall" in devices.pop()
+    assert len(devices) == 1 and "edge-emotion_Hall-1" in devices.pop()
     assert len({c["unique_id"] for c in found.values()}) == 4
-    for config in found.values():
-        assert config["availability_topic"] == "edge-emotion/hall/status"
+    for topic, config in found.items():
+        assert config["availability_topic"] == "edge-emotion/Hall-1/status"
+        # Entity ids are lower case with underscores, whatever the device and camera names.
+        object_id = topic.split("/")[3]
+        assert config["default_entity_id"] == f"sensor.hall_1_{object_id}"
 
     # The state topics the configs name carry what the value templates read.
     state_topics = {c["state_topic"] for c in found.values()}
-    assert state_topics == {"edge-emotion/hall/door/state", "edge-emotion/hall/desk/state"}
-    states = Subscriber(broker.port, "edge-emotion/hall/+/state", client_id="ha-states")
+    assert state_topics == {"edge-emotion/Hall-1/door/state", "edge-emotion/Hall-1/desk/state"}
+    states = Subscriber(broker.port, "edge-emotion/Hall-1/+/state", client_id="ha-states")
 
     def seen_faces(ms: list[mqtt.MQTTMessage]) -> set[str]:
         return {m.topic for m in ms if json.loads(m.payload)["faces"] >= 1}
@@ -55,11 +60,11 @@ def test_discovery_announces_sensors_whose_state_topics_carry_values(broker, dae
     messages = states.wait_for(lambda ms: seen_faces(ms) == state_topics, timeout=30)
     for m in messages:
         state = json.loads(m.payload)
-        assert m.topic == f"edge-emotion/hall/{state['camera']}/state"
+        assert m.topic == f"edge-emotion/Hall-1/{state['camera']}/state"
         assert isinstance(state["faces"], int) and state["faces"] >= 0
         assert state["dominant_emotion"] in EMOTIONS | {"none"}
         assert (state["faces"] == 0) == (state["dominant_emotion"] == "none")
-    status = Subscriber(broker.port, "edge-emotion/hall/status", client_id="ha-status")
+    status = Subscriber(broker.port, "edge-emotion/Hall-1/status", client_id="ha-status")
     status.wait_for(lambda ms: ms and ms[-1].payload == b"online", timeout=10)
 
     # Home Assistant restarts: it says "online" and the daemon announces everything again.

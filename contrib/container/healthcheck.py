@@ -65,7 +65,9 @@ def main() -> int:
         with open(STATE, "w") as state:
             state.write(f"{processed}\n")
     except OSError as error:
-        print(f"warning: cannot keep state in {STATE}: {error}")
+        # Without the previous count a stalled pipeline would pass forever: say so, loudly.
+        print(f"unhealthy: cannot keep state in {STATE} ({error}); give /tmp a tmpfs")
+        return 1
     print(("healthy: " if healthy else "unhealthy: ") + why)
     return 0 if healthy else 1
 

@@ -52,7 +52,8 @@ def discovery_messages(
             payload = {
                 "name": f"{camera} {name}",
                 "unique_id": f"edge-emotion_{device_id}_{object_id}",
-                "object_id": f"{device_id}_{object_id}",
+                # HA 2025.10 replaced object_id by default_entity_id (object_id ends in 2026.4).
+                "default_entity_id": f"sensor.{slug(device_id)}_{slug(object_id)}",
                 "state_topic": state_topic(base, camera),
                 "value_template": template,
                 "availability_topic": f"{base}/status",
@@ -64,6 +65,11 @@ def discovery_messages(
             topic = f"{config.discovery_prefix}/sensor/{device_id}/{object_id}/config"
             messages.append((topic, json.dumps(payload, separators=(",", ":")).encode()))
     return messages
+
+
+def slug(name: str) -> str:
+    """Entity ids are lower case with underscores; device and camera names may not be."""
+    return name.lower().replace("-", "_")
 
 
 def _version() -> str:

@@ -41,6 +41,7 @@ class MqttPublisher:
         self._acked_early: dict[int, float] = {}
         self._lock = threading.Lock()
         self._closing = False  # our own disconnect at shutdown is not an outage to warn about
+        self._states: dict[str, CameraState] = {}  # latest per camera, republished on connect
         self._drained = threading.Condition(self._lock)
         self.client = self._client(config, device_id)
 
@@ -98,8 +99,14 @@ class MqttPublisher:
             self.stats.queued = len(self._pending)
 
     def publish_state(self, state: CameraState) -> None:
-        topic = state_topic(self.base, state.camera)
-        self.client.publish(topic, state.payload(), qos=self.config.qos, retain=True)
+        """QoS 0 and outside the event queue, so states never push events out of it; the latest
+        state of each camera is published again at every connect, so an outage loses none."""
+        with self._lock:
+            self._states[state.camera] = state
+        self._send_state(self.client, state)
+
+    def _send_state(self, client: mqtt.Client, state: CameraState) -> None:
+        client.publish(state_topic(self.base, state.camera), state.payload(), qos=0, retain=True)
 
     def announce(self) -> None:
         """Home Assistant discovery configs, retained; idempotent, so re-announcing is safe."""
@@ -136,6 +143,10 @@ class MqttPublisher:
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
         self.stats.connected = True
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        with self._lock:
+            states = list(self._states.values())
+        for state in states:
+            self._send_state(client, state)
         if self.config.homeassistant.enabled:
             client.subscribe(self.config.homeassistant.status_topic, qos=1)
             self.announce()

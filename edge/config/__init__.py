@@ -123,11 +123,16 @@ def load_config(
     raw: dict[str, Any] = dict(defaults or {})
     if path is not None:
         raw = _read_yaml(Path(path))
+    where = f"{path}: " if path else ""
     try:
         return EdgeConfig(**raw)
     except ValidationError as error:
-        where = f"{path}: " if path else ""
         raise ConfigError(where + "invalid configuration:\n" + describe(error)) from None
+    except OSError as error:  # a file the configuration names exists but this user cannot read
+        raise ConfigError(
+            f"{where}cannot read {error.filename}: {error.strerror} "
+            "(is it readable by the daemon's user?)"
+        ) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
