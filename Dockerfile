@@ -46,7 +46,7 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.tom
     && /opt/venv/bin/pip install --only-binary :all: -r /tmp/requirements.txt
 COPY edge/ edge/
 COPY convert/ convert/
-COPY models/emotion-int8.tflite models/emotion-int8.json models/
+COPY models/emotion.tflite models/emotion.json models/
 # The project itself, not editable and without extras; setuptools is fetched for the build only.
 # The model goes to /opt/venv/share/edge-emotion/models (pyproject data-files), where
 # edge.DEFAULT_MODEL finds it: neither the config file nor EDGE_MODEL__PATH has to name it.
@@ -86,7 +86,7 @@ RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['
     && pip install -r /tmp/requirements.txt
 COPY edge/ edge/
 COPY convert/ convert/
-COPY models/emotion-int8.tflite models/emotion-int8.json models/
+COPY models/emotion.tflite models/emotion.json models/
 RUN pip install --no-deps ".[convert]" \
     && cd / && python -c "import convert.__main__, edge.__main__, tensorflow"
 RUN groupadd --system --gid 10001 edge \

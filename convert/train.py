@@ -83,7 +83,7 @@ def train(
     model, backbone = build_model(recipe.backbone, recipe.weights, recipe.image_size, recipe.alpha)
     if init is not None:
         load_weights(model, init)
-    log = start_log(out, recipe, data, val_data, train_split, val_split)
+    log = start_log(out, recipe, data, val_data, train_split, val_split, init)
     weights = class_weights(train_split.class_counts(), recipe.class_weight_power)
     checkpoint = keras.callbacks.ModelCheckpoint(
         out, monitor="val_accuracy", mode="max", save_best_only=True
@@ -282,7 +282,13 @@ def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
 
 
 def start_log(
-    out: Path, recipe: Recipe, data: str, val_data: str | None, train_split: Split, val_split: Split
+    out: Path,
+    recipe: Recipe,
+    data: str,
+    val_data: str | None,
+    train_split: Split,
+    val_split: Split,
+    init: Path | None = None,
 ) -> RunLog:
     """A new log, or the interrupted run's log when its backup is still there to resume."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +307,8 @@ def start_log(
         "val_count": len(val_split),
         "train_class_counts": train_split.class_counts().tolist(),
         "labels": list(EMOTIONS),
+        # The earlier model this run continued from (--init): part of how the result was made.
+        "init": str(init) if init else None,
     }
     return RunLog(recipe=asdict(recipe), data=record)
 

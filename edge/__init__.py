@@ -7,7 +7,7 @@ import site
 import sys
 from pathlib import Path
 
-MODEL_FILE = "emotion-int8.tflite"
+MODEL_FILE = "emotion.tflite"
 
 
 def _default_model() -> Path:

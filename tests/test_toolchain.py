@@ -217,6 +217,7 @@ def test_a_run_continues_from_an_earlier_model_with_a_cosine_schedule(trained: P
     history = json.loads(out.with_suffix(".history.json").read_text())
     rates = [e["learning_rate"] for e in history["epochs"]]
     assert [e["phase"] for e in history["epochs"]] == ["finetune", "finetune"]
+    assert history["data"]["init"] == str(trained)
     assert 0.4e-3 < rates[0] < 0.6e-3 and rates[1] < 1e-6  # half-way, then decayed to zero
 
     import keras
