@@ -102,3 +102,29 @@ def test_without_discovery_nothing_is_announced(broker, daemons):  # noqa: F811
     states.wait_for(lambda ms: ms[-1].payload == b"offline", timeout=5)
     states.close()
     assert not [m.topic for m in states.messages if m.topic.startswith("homeassistant/")]
+
+
+def test_a_broker_that_lost_its_retained_messages_gets_every_camera_state_again(
+    broker,  # noqa: F811
+    daemons,  # noqa: F811
+):
+    daemon = daemons(
+        {
+            "device_id": "hall",
+            "cameras": [{"name": "door", "source": str(CLIP), "loop": True, "fps": 5}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
+        }
+    )
+    first = Subscriber(broker.port, "edge-emotion/hall/door/state", client_id="before")
+    first.wait_for(lambda ms: any(json.loads(m.payload)["faces"] == 1 for m in ms), timeout=30)
+    first.close()
+    broker.stop()
+    (broker.workdir / "mosquitto.db").unlink()  # a new broker node: no retained messages
+    broker.start()
+    daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=15)
+    # The camera's state did not change, yet a late subscriber finds it retained again.
+    late = Subscriber(broker.port, "edge-emotion/hall/door/state", client_id="after")
+    messages = late.wait_for(lambda ms: len(ms) >= 1, timeout=10)
+    late.close()
+    assert messages[0].retain and json.loads(messages[0].payload)["camera"] == "door"
+    assert daemon.stop() == 0, daemon.log()
