@@ -25,8 +25,8 @@ RUN apt-get update \
     && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 # ---------------------------------------------------------------------------------------------
-# builder: a venv with the daemon's dependencies (binary wheels only, no compiler needed).
-FROM python AS builder
+# venv: an empty virtual environment and the project's pyproject, shared by builder and convert.
+FROM python AS venv
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3-venv \
@@ -37,11 +37,18 @@ RUN apt-get update \
 ARG PIP_CERT
 ARG PIP_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-# Dependencies first, from pyproject.toml alone, so that editing the code keeps this layer.
 COPY pyproject.toml README.md ./
+
+# ---------------------------------------------------------------------------------------------
+# builder: the daemon's dependencies (binary wheels only, no compiler needed) and the project.
+FROM venv AS builder
+ARG PIP_CERT
+ARG PIP_INDEX_URL
+# Dependencies first, from pyproject.toml alone, so that editing the code keeps this layer.
 RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
     && /opt/venv/bin/pip install --only-binary :all: -r /tmp/requirements.txt
 COPY edge/ edge/
@@ -68,20 +75,10 @@ RUN cd /opt/venv/lib/python3*/site-packages \
 #       train --data /data --out /work/emotion.keras
 #   (--user "$(id -u):$(id -g)" to write into a bind mount owned by you; ImageNet weights are
 #   downloaded by Keras at the first training run, or pass --weights none.)
-FROM python AS convert
-ARG DEBIAN_FRONTEND=noninteractive
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3-venv \
-    && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+FROM venv AS convert
 ARG PIP_CERT
 ARG PIP_INDEX_URL
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/venv/bin:$PATH
-RUN python3 -m venv /opt/venv
-WORKDIR /src
 # Dependencies (the daemon's and the convert extra's) first, so that code edits keep this layer.
-COPY pyproject.toml README.md ./
 RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['convert']))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 COPY edge/ edge/
