@@ -202,3 +202,25 @@ def test_check_config_never_prints_the_password(tmp_path):
         assert "edge" in done.stdout and "***" in done.stdout
         output = done.stdout + done.stderr
         assert "n3w-pw" not in output and "env-s3cret" not in output
+
+
+def test_a_broker_certificate_from_another_ca_is_named_in_the_log(secure_broker, tmp_path):
+    """paho retries TLS failures silently; the daemon says why, once."""
+    broker, _ = secure_broker
+    other = tmp_path / "other"
+    other.mkdir()
+    wrong_ca, _, _ = make_certificates(other)
+    daemon = DaemonProcess(tmp_path, secure_config(broker.port, wrong_ca, "s3cret-pw"))
+    try:
+        daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 1, timeout=30)
+        deadline = time.monotonic() + 15
+        while "MQTT cannot connect" not in daemon.log():  # the log is a file: poll it
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.2)
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    log = daemon.log()
+    assert "certificate verify failed" in log
+    assert log.count("MQTT cannot connect") == 1  # once per outage, not once per retry
+    assert "s3cret-pw" not in log

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -41,6 +42,7 @@ class MqttPublisher:
         self._acked_early: dict[int, float] = {}
         self._lock = threading.Lock()
         self._closing = False  # our own disconnect at shutdown is not an outage to warn about
+        self._connect_warned = False  # one warning per outage for failed connection attempts
         self._states: dict[str, CameraState] = {}  # latest per camera, republished on connect
         self._drained = threading.Condition(self._lock)
         self.client = self._client(config, device_id)
@@ -67,6 +69,7 @@ class MqttPublisher:
             )
             client.tls_insecure_set(config.tls.insecure)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
@@ -141,7 +144,7 @@ class MqttPublisher:
             )
             return
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
-        self.stats.connected = True
+        self.stats.connected, self._connect_warned = True, False
         client.publish(self.status_topic, "online", qos=1, retain=True)
         with self._lock:
             states = list(self._states.values())
@@ -156,6 +159,36 @@ class MqttPublisher:
         if ha.enabled and message.topic == ha.status_topic and message.payload == b"online":
             log.info("Home Assistant is online: announcing the sensors again")
             self.announce()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        """paho retries silently: say once per outage why, or a typo in a CA path stays hidden."""
+        if self._connect_warned or self._closing:
+            return
+        self._connect_warned = True
+        log.warning(
+            "MQTT cannot connect to %s:%d: %s; events are queued, retrying with backoff",
+            self.config.host,
+            self.config.port,
+            self._diagnose(),
+        )
+
+    def _diagnose(self) -> str:
+        """The reason paho does not report: one plain TCP (and TLS) connection attempt."""
+        host, port, tls = self.config.host, self.config.port, self.config.tls
+        try:
+            with socket.create_connection((host, port), timeout=5) as sock:
+                if tls is None:
+                    return "the TCP connection works; the broker closed the MQTT session"
+                context = ssl.create_default_context(
+                    cafile=str(tls.ca_file) if tls.ca_file else None
+                )
+                context.check_hostname = not tls.insecure
+                if tls.cert_file:
+                    context.load_cert_chain(tls.cert_file, tls.key_file)
+                with context.wrap_socket(sock, server_hostname=host):
+                    return "TCP and TLS work; the broker closed the MQTT session"
+        except OSError as error:  # refused, unreachable, timeout, ssl.SSLError...
+            return str(error) or type(error).__name__
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
