@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from services import Broker, RtspServer, Subscriber, free_port  # noqa: E402
+from services import scrape as metrics  # noqa: E402
 
 CLIP = ROOT.parent / "shared" / "media" / "asl-again.mkv"
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -84,15 +84,6 @@ def pre_encode(clip: Path, out: Path, fps: int, seconds: int) -> Path:
     if encoder.wait() != 0:
         raise RuntimeError("gst-launch-1.0 could not encode the benchmark stream")
     return out
-
-
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-        text = response.read().decode()
-    return {
-        name: float(value)
-        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
-    }
 
 
 def cpu_seconds(pid: int) -> float:

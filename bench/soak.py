@@ -33,8 +33,15 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-from pipeline import CLIP, metrics, pre_encode, rss_mb  # noqa: E402
-from services import Broker, RtspServer, Subscriber, free_port  # noqa: E402
+from pipeline import CLIP, pre_encode, rss_mb  # noqa: E402
+from services import (  # noqa: E402
+    Broker,
+    RtspServer,
+    Subscriber,
+    free_port,
+    shutdown_summary,
+)
+from services import scrape as metrics  # noqa: E402
 
 SAMPLE_S = 10
 
@@ -106,10 +113,7 @@ class Soak:
         self.daemon.send_signal(signal.SIGTERM)
         code = self.daemon.wait(15)
         log = (self.work / "daemon.log").read_text()
-        summary = [line for line in log.splitlines() if "events delivered" in line][-1]
-        delivered = int(summary.split("events delivered ")[1].split(",")[0])
-        undelivered = int(summary.split("undelivered ")[1].split(",")[0])
-        dropped = int(summary.split("dropped ")[1].split()[0])
+        delivered, undelivered, dropped = shutdown_summary(log)
         deadline = time.monotonic() + 30
         while len({m.payload for m in self.subscriber.messages}) < delivered:
             if time.monotonic() > deadline:

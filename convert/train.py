@@ -96,8 +96,8 @@ def train(
     head_epochs = 0 if recipe.weights == "none" else recipe.head_epochs
     fit.phase("head", 0, head_epochs, recipe.head_learning_rate, [checkpoint])
     backbone.trainable = True
-    steps = recipe.epochs * len(train_ds)
     if recipe.schedule == "cosine":
+        steps = recipe.epochs * len(train_ds)
         rate, schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, steps), []
     else:
         rate, schedule = recipe.learning_rate, validation_schedule(recipe)

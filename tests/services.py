@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +23,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The daemon's /metrics as ``{'name{labels}': value}``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    return {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines() if line[:1] != "#")
+    }
+
+
+SUMMARY = re.compile(r"events delivered (\d+), undelivered (\d+), dropped (\d+)")
+
+
+def shutdown_summary(log: str) -> tuple[int, int, int]:
+    """(delivered, undelivered, dropped) from the daemon's last "stopped: …" log line."""
+    delivered, undelivered, dropped = map(int, SUMMARY.findall(log)[-1])
+    return delivered, undelivered, dropped
 
 
 def wait_for_port(port: int, timeout: float = 15.0) -> None:

@@ -10,13 +10,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, SHARED
-from services import Broker, RtspServer, Subscriber, free_port
+from services import Broker, RtspServer, Subscriber, free_port, scrape, shutdown_summary
 
 CLIP = SHARED / "media" / "asl-again.mkv"
 EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
@@ -51,16 +50,7 @@ class DaemonProcess:
         )
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(
-            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2
-        ) as r:
-            text = r.read().decode()
-        values: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                values[name] = float(value)
-        return values
+        return scrape(self.metrics_port)
 
     def wait_metric(self, name: str, predicate, timeout: float) -> float:
         deadline = time.monotonic() + timeout
@@ -75,6 +65,14 @@ class DaemonProcess:
                 return value
             time.sleep(0.2)
         raise AssertionError(f"{name} = {value} after {timeout} s\n{self.log()}")
+
+    def wait_log(self, predicate, timeout: float) -> str:
+        """Until the log satisfies ``predicate`` (a file: polled, there is no event to wait on)."""
+        deadline = time.monotonic() + timeout
+        while not predicate(log := self.log()):
+            assert time.monotonic() < deadline and self.proc.poll() is None, log
+            time.sleep(0.2)
+        return log
 
     def stop(self, timeout: float = 5.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -180,9 +178,8 @@ def test_broker_restart_loses_no_event(tmp_path, broker, rtsp, daemons):
     daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=20)
     daemon.wait_metric("edge_emotion_events_queued", lambda v: v == 0, timeout=20)
     assert daemon.stop() == 0, daemon.log()
-    summary = [line for line in daemon.log().splitlines() if "events delivered" in line][-1]
-    delivered = int(summary.split("events delivered ")[1].split(",")[0])
-    assert "undelivered 0, dropped 0" in summary
+    delivered, undelivered, dropped = shutdown_summary(daemon.log())
+    assert (undelivered, dropped) == (0, 0)
     received = sub.wait_for(lambda ms: len({m.payload for m in ms}) >= delivered, timeout=10)
     sub.close()
     assert queued >= 5

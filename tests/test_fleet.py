@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
-from services import Subscriber
+from services import Subscriber, shutdown_summary
 from test_daemon import CLIP, broker, daemons  # noqa: F401 (fixtures)
 
 GROUP_FILTER = "$share/analytics/edge-emotion/+/+/event"
@@ -13,9 +13,9 @@ GROUP_FILTER = "$share/analytics/edge-emotion/+/+/event"
 
 def delivered(log: str) -> int:
     """Events the daemon had acknowledged by the broker, from its shutdown summary."""
-    summary = [line for line in log.splitlines() if "events delivered" in line][-1]
-    assert "undelivered 0, dropped 0" in summary, summary
-    return int(summary.split("events delivered ")[1].split(",")[0])
+    acknowledged, undelivered, dropped = shutdown_summary(log)
+    assert (undelivered, dropped) == (0, 0), log
+    return acknowledged
 
 
 def test_two_devices_and_a_shared_group_of_two_consumers_see_each_event_once(broker, daemons):  # noqa: F811

@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, SHARED
-from services import Broker, Subscriber
+from services import Broker, Subscriber, shutdown_summary
 from test_daemon import DaemonProcess
 
 CLIP = SHARED / "media" / "asl-again.mkv"
@@ -155,11 +154,8 @@ def test_refused_credentials_are_retried_with_backoff_and_the_queue_is_kept(
     daemon = DaemonProcess(tmp_path, config)
     try:
         daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 10, timeout=30)
-        deadline = time.monotonic() + 30
-        while len(refusal_times(daemon.log())) < 3:  # the log is a file: poll it
-            assert time.monotonic() < deadline, daemon.log()
-            daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 1, timeout=5)
-            time.sleep(0.2)
+        daemon.wait_log(lambda log: len(refusal_times(log)) >= 3, timeout=30)
+        daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 10, timeout=5)
         metrics_text = "\n".join(daemon.metrics())
         assert daemon.metrics()["edge_emotion_events_dropped_total"] == 0
         # The broker learns the new password; the daemon's next retry gets in and delivers.
@@ -175,9 +171,8 @@ def test_refused_credentials_are_retried_with_backoff_and_the_queue_is_kept(
     times = refusal_times(log)
     gaps = [(b - a).total_seconds() for a, b in pairwise(times)]
     assert min(gaps) >= 0.9, gaps  # paho's reconnect delay: 1 s, doubling up to reconnect_max_s
-    summary = [line for line in log.splitlines() if "events delivered" in line][-1]
-    assert "undelivered 0, dropped 0" in summary
-    delivered = int(summary.split("events delivered ")[1].split(",")[0])
+    delivered, undelivered, dropped = shutdown_summary(log)
+    assert (undelivered, dropped) == (0, 0)
     received = sub.wait_for(lambda ms: len({m.payload for m in ms}) >= delivered, timeout=10)
     sub.close()
     assert len({m.payload for m in received}) == delivered
@@ -213,10 +208,7 @@ def test_a_broker_certificate_from_another_ca_is_named_in_the_log(secure_broker,
     daemon = DaemonProcess(tmp_path, secure_config(broker.port, wrong_ca, "s3cret-pw"))
     try:
         daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 1, timeout=30)
-        deadline = time.monotonic() + 15
-        while "MQTT cannot connect" not in daemon.log():  # the log is a file: poll it
-            assert time.monotonic() < deadline, daemon.log()
-            time.sleep(0.2)
+        daemon.wait_log(lambda log: "MQTT cannot connect" in log, timeout=15)
         assert daemon.stop() == 0
     finally:
         daemon.kill()

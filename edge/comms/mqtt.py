@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 
 from edge.comms import PublisherStats
 from edge.comms.homeassistant import discovery_messages, state_topic
-from edge.config import MqttConfig
+from edge.config import MqttConfig, TlsConfig
 from edge.events import CameraState, Event
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class MqttPublisher:
         self._connect_warned = False  # one warning per outage for failed connection attempts
         self._states: dict[str, CameraState] = {}  # latest per camera, republished on connect
         self._drained = threading.Condition(self._lock)
+        # One TLS context for paho and for _diagnose, so the diagnosis tests what paho uses.
+        self._tls = tls_context(config.tls) if config.tls else None
         self.client = self._client(config, device_id)
 
     def _client(self, config: MqttConfig, device_id: str) -> mqtt.Client:
@@ -60,14 +62,8 @@ class MqttPublisher:
         if config.username:
             password = config.password.get_secret_value() if config.password else None
             client.username_pw_set(config.username, password)
-        if config.tls:
-            client.tls_set(
-                ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
-                certfile=str(config.tls.cert_file) if config.tls.cert_file else None,
-                keyfile=str(config.tls.key_file) if config.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-            client.tls_insecure_set(config.tls.insecure)
+        if self._tls is not None:
+            client.tls_set_context(self._tls)  # also takes check_hostname (tls.insecure) from it
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -174,18 +170,12 @@ class MqttPublisher:
 
     def _diagnose(self) -> str:
         """The reason paho does not report: one plain TCP (and TLS) connection attempt."""
-        host, port, tls = self.config.host, self.config.port, self.config.tls
+        host, port = self.config.host, self.config.port
         try:
             with socket.create_connection((host, port), timeout=5) as sock:
-                if tls is None:
+                if self._tls is None:
                     return "the TCP connection works; the broker closed the MQTT session"
-                context = ssl.create_default_context(
-                    cafile=str(tls.ca_file) if tls.ca_file else None
-                )
-                context.check_hostname = not tls.insecure
-                if tls.cert_file:
-                    context.load_cert_chain(tls.cert_file, tls.key_file)
-                with context.wrap_socket(sock, server_hostname=host):
+                with self._tls.wrap_socket(sock, server_hostname=host):
                     return "TCP and TLS work; the broker closed the MQTT session"
         except OSError as error:  # refused, unreachable, timeout, ssl.SSLError...
             return str(error) or type(error).__name__
@@ -217,3 +207,13 @@ class MqttPublisher:
             self._acked_early[mid] = now
             for old in [m for m, t in self._acked_early.items() if now - t > EARLY_ACK_TTL_S]:
                 del self._acked_early[old]
+
+
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Verify the broker against ``ca_file`` (or the system CAs), present a client certificate
+    when one is configured; ``insecure`` skips only the host name check."""
+    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    context.check_hostname = not tls.insecure
+    if tls.cert_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
