@@ -85,7 +85,7 @@ COPY edge/ edge/
 COPY convert/ convert/
 COPY models/emotion.tflite models/emotion.json models/
 RUN pip install --no-deps ".[convert]" \
-    && cd / && python -c "import convert.__main__, edge.__main__, tensorflow"
+    && cd / && python -c "import convert.__main__, edge.__main__, tensorflow, tf_keras, tensorflow_model_optimization"
 RUN groupadd --system --gid 10001 edge \
     && useradd --system --uid 10001 --gid edge --home-dir /work --no-create-home \
         --shell /usr/sbin/nologin edge \

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from convert.qat import QatRecipe
     from convert.train import Recipe
 
     defaults = Recipe()
@@ -89,6 +90,29 @@ def parser() -> argparse.ArgumentParser:
         help="training images used to calibrate int8 (default 500)",
     )
 
+    export.add_argument(
+        "--qat-epochs",
+        type=int,
+        default=0,
+        help="int8 only: epochs of quantization-aware fine-tuning before conversion, the "
+        "epoch whose int8 file scores best on val kept (default 0: post-training "
+        "quantization)",
+    )
+    export.add_argument(
+        "--qat-learning-rate",
+        type=float,
+        default=QatRecipe().learning_rate,
+        help=f"learning rate of the quantization-aware fine-tuning (default "
+        f"{QatRecipe().learning_rate})",
+    )
+
+    export.add_argument(
+        "--test-time-flip",
+        action="store_true",
+        help="the daemon averages each face with its mirror image (two inferences per face); "
+        "the check compares with Keras doing the same",
+    )
+
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class results, latency")
     evaluate.set_defaults(command=run_evaluate, name="evaluate")
     evaluate.add_argument("--model", type=Path, required=True, help=".tflite or .keras model")
@@ -126,9 +150,24 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from convert.export import export
+    from convert.qat import QatRecipe
 
+    if args.qat_epochs < 0:
+        raise ConvertError(f"--qat-epochs {args.qat_epochs}: must be 0 or more")
+    qat = (
+        QatRecipe(epochs=args.qat_epochs, learning_rate=args.qat_learning_rate)
+        if args.qat_epochs
+        else None
+    )
     report = export(
-        args.model, args.out, args.quantize, args.data, args.max_drop, args.calibration_size
+        args.model,
+        args.out,
+        args.quantize,
+        args.data,
+        args.max_drop,
+        args.calibration_size,
+        qat,
+        args.test_time_flip,
     )
     print(report.summary())
     if not report.passed:

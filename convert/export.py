@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import multiprocessing
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +25,7 @@ import numpy as np
 
 from convert import EMOTIONS, FACE_SIZE, ConvertError
 from convert.data import Split, load_split
+from convert.qat import QatRecipe, QatResult, quantization_aware_int8
 from edge.emotions import EmotionClassifier, ModelMetadata
 
 if TYPE_CHECKING:
@@ -68,17 +70,36 @@ def export(
     data: str | None,
     max_drop: float,
     calibration_size: int = 500,
+    qat: QatRecipe | None = None,
+    test_time_flip: bool = False,
 ) -> ExportReport:
-    """Convert, check against Keras on the val split, and keep the file only if it passes."""
+    """Convert, check against Keras on the val split, and keep the file only if it passes.
+
+    With ``qat``, int8 comes from quantization-aware fine-tuning instead of post-training
+    calibration; the check still compares with the float model that was trained.
+    ``test_time_flip`` tells the daemon to average each face with its mirror image; the check
+    then averages Keras' predictions the same way, so it still measures only the conversion.
+    """
+    if qat is not None and quantize != "int8":
+        raise ConvertError(f"--qat-epochs fine-tunes for int8; it does not apply to {quantize}")
     model = load_keras_model(model_path)
     history = training_record(model_path)
     data = data or history.get("data", {}).get("path")
     if not data:
         raise ConvertError(f"{model_path}: no training record names its data; pass --data")
     val = load_split(history.get("data", {}).get("val_path") or data, "PublicTest")
-    calibration = calibration_faces(load_split(data, "Training"), calibration_size)
-    content = to_tflite(model, quantize, calibration)
-    metadata = describe(content, quantize, model_path, history)
+    train = load_split(data, "Training")
+    if qat is None:
+        content = to_tflite(model, quantize, calibration_faces(train, calibration_size))
+        metadata = describe(content, quantize, model_path, history)
+    else:
+        template = describe(b"", quantize, model_path, history)
+        result = quantization_aware_int8(
+            model, history.get("recipe", {}), train, val, qat, scorer(template)
+        )
+        content = result.content
+        metadata = _with_qat(describe(content, quantize, model_path, history), qat, result)
+    metadata = replace(metadata, test_time_flip=test_time_flip)
     return check_and_keep(model, content, metadata, out, val, max_drop)
 
 
@@ -178,14 +199,9 @@ def check_and_keep(
     """Write to a temporary name, compare with Keras, then move into place or delete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.stem}.staging.tflite")
-    staging.write_bytes(content)
     try:
-        metadata = replace(metadata, **input_tensor(content))
-        metadata.write(staging)
-        tflite_probs = in_litert_process(predict_tflite, staging, val.images)
-        keras_probs = model.predict(
-            val.images[..., np.newaxis].astype(np.float32), batch_size=CHECK_BATCH, verbose=0
-        )
+        metadata, tflite_probs = run_tflite(content, metadata, staging, val.images)
+        keras_probs = keras_predict(model, val.images, metadata.test_time_flip)
         report = compare(
             out,
             metadata.quantization,
@@ -206,6 +222,39 @@ def check_and_keep(
     finally:
         staging.unlink(missing_ok=True)
         ModelMetadata.path_for(staging).unlink(missing_ok=True)
+
+
+def run_tflite(
+    content: bytes, metadata: ModelMetadata, path: Path, images: np.ndarray
+) -> tuple[ModelMetadata, np.ndarray]:
+    """Write the file and its metadata (input tensor filled in) and run it as the daemon does."""
+    path.write_bytes(content)
+    metadata = replace(metadata, **input_tensor(content))
+    metadata.write(path)
+    return metadata, in_litert_process(predict_tflite, path, images)
+
+
+def scorer(template: ModelMetadata) -> Callable[[bytes, Split], float]:
+    """Accuracy of TFLite bytes on a split, measured as the export check measures it."""
+
+    def score(content: bytes, split: Split) -> float:
+        metadata = replace(template, sha256=hashlib.sha256(content).hexdigest())
+        with tempfile.TemporaryDirectory() as folder:
+            _, probs = run_tflite(
+                content, metadata, Path(folder) / "candidate.tflite", split.images
+            )
+        return float((probs.argmax(1) == split.labels).mean())
+
+    return score
+
+
+def keras_predict(model: keras.Model, images: np.ndarray, flip: bool) -> np.ndarray:
+    """Keras' probabilities, averaged with the mirrored faces' as the daemon does when asked."""
+    x = images[..., np.newaxis].astype(np.float32)
+    probs = model.predict(x, batch_size=CHECK_BATCH, verbose=0)
+    if flip:
+        probs = (probs + model.predict(x[:, :, ::-1], batch_size=CHECK_BATCH, verbose=0)) / 2
+    return probs
 
 
 def in_litert_process(function: Callable[..., T], *args: object) -> T:
@@ -271,6 +320,17 @@ def compare(
         passed=not reason,
         reason=reason,
     )
+
+
+def _with_qat(metadata: ModelMetadata, qat: QatRecipe, result: QatResult) -> ModelMetadata:
+    provenance = dict(metadata.provenance)
+    provenance["quantization_aware"] = {
+        "epochs": qat.epochs,
+        "learning_rate": qat.learning_rate,
+        "kept_epoch": result.kept_epoch,
+        "int8_val_accuracy_by_epoch": [round(a, 4) for a in result.val_accuracy],
+    }
+    return replace(metadata, provenance=provenance)
 
 
 def _with_check(metadata: ModelMetadata, report: ExportReport) -> ModelMetadata:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 import keras
 from keras import layers
@@ -29,32 +30,51 @@ def build_model(
     alpha: float = 0.35,
     head_units: int = 256,
     dropout: float = 0.3,
+    api: ModuleType = keras,
 ) -> tuple[keras.Model, keras.Model]:
-    """Return ``(classifier, backbone)``; the backbone is returned so training can freeze it."""
-    inputs = keras.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
-    x = layers.Resizing(image_size, image_size, interpolation="bilinear", name="upscale")(inputs)
-    x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
-    base = _backbone(backbone, weights, image_size, alpha)
-    x = _normalization(backbone)(x)
-    x = base(x)
-    x = layers.Dropout(dropout)(x)
-    x = layers.Dense(head_units, activation="relu", name="head_dense")(x)
-    x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(len(EMOTIONS), activation="softmax", name="emotion")(x)
-    return keras.Model(inputs, outputs, name=f"emotion_{backbone}"), base
+    """Return ``(classifier, backbone)``; the backbone is returned so training can freeze it.
+
+    ``api`` is Keras 3 for training; quantization-aware fine-tuning builds the same network, with
+    the same weight order, in tf_keras (``convert/qat.py``). There the backbone's layers are
+    built inline, not as a nested model, which the quantization toolkit cannot wrap.
+    """
+    inputs = api.Input((FACE_SIZE, FACE_SIZE, 1), name="face")
+    x = api.layers.Resizing(image_size, image_size, interpolation="bilinear", name="upscale")(
+        inputs
+    )
+    x = api.layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    x = _normalization(backbone, api.layers)(x)
+    if api is keras:
+        base = _backbone(backbone, weights, image_size, alpha)
+        x = base(x)
+    else:
+        base = _backbone(backbone, weights, image_size, alpha, api, input_tensor=x)
+        x = base.output
+    x = api.layers.Dropout(dropout)(x)
+    x = api.layers.Dense(head_units, activation="relu", name="head_dense")(x)
+    x = api.layers.Dropout(dropout)(x)
+    outputs = api.layers.Dense(len(EMOTIONS), activation="softmax", name="emotion")(x)
+    return api.Model(inputs, outputs, name=f"emotion_{backbone}"), base
 
 
-def _normalization(backbone: str) -> layers.Layer:
+def _normalization(backbone: str, api_layers: ModuleType = layers) -> layers.Layer:
     """Each backbone's ImageNet input convention, applied to 0..255 pixels inside the model."""
     if backbone == "mobilenetv2":
-        return layers.Rescaling(1 / 127.5, offset=-1.0, name="to_minus1_1")
+        return api_layers.Rescaling(1 / 127.5, offset=-1.0, name="to_minus1_1")
     # ResNet50 ("caffe" mode): BGR with ImageNet means subtracted; gray makes BGR == RGB.
-    return layers.Normalization(
+    return api_layers.Normalization(
         mean=[103.939, 116.779, 123.68], variance=[1.0, 1.0, 1.0], name="imagenet_mean"
     )
 
 
-def _backbone(name: str, weights: str, image_size: int, alpha: float) -> keras.Model:
+def _backbone(
+    name: str,
+    weights: str,
+    image_size: int,
+    alpha: float,
+    api: ModuleType = keras,
+    input_tensor: object = None,
+) -> keras.Model:
     if name not in BACKBONES:
         raise ConvertError(f"unknown backbone {name!r}: expected one of {', '.join(BACKBONES)}")
     if image_size < 32:
@@ -66,21 +86,26 @@ def _backbone(name: str, weights: str, image_size: int, alpha: float) -> keras.M
             # A Keras 3 .weights.h5 warns once per nested block although every tensor loads.
             warnings.filterwarnings("ignore", message="Skipping nested container")
             if name == "mobilenetv2":
-                base = keras.applications.MobileNetV2(
+                base = api.applications.MobileNetV2(
                     input_shape=shape,
+                    input_tensor=input_tensor,
                     alpha=alpha,
                     include_top=False,
                     weights=source,
                     pooling="avg",
                 )
             else:
-                base = keras.applications.ResNet50(
-                    input_shape=shape, include_top=False, weights=source, pooling="avg"
+                base = api.applications.ResNet50(
+                    input_shape=shape,
+                    input_tensor=input_tensor,
+                    include_top=False,
+                    weights=source,
+                    pooling="avg",
                 )
     except Exception as error:  # Keras raises bare Exception/ValueError for fetch and file errors
         raise ConvertError(_weights_problem(name, weights, error)) from None
     for layer in base.layers:
-        if isinstance(layer, layers.BatchNormalization):
+        if isinstance(layer, api.layers.BatchNormalization):
             layer.momentum = BN_MOMENTUM
     return base
 

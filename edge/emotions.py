@@ -45,8 +45,9 @@ class ModelMetadata:
     pixel_offset: float = 0.0
     output: str = "probabilities"  # probabilities | logits
     # Average each face with its mirror image (one invocation of twice the batch): faces are
-    # near-symmetric, so this is cheap test-time augmentation. Off for the shipped model:
-    # `bench/model.py --flip` measured +0.14 points for 1.9x the time (models/MODEL_CARD.md).
+    # near-symmetric, so this is cheap test-time augmentation. On for the shipped int8 model,
+    # where averaging two passes also averages out rounding noise: +1.3 points for 1.9x the time
+    # (`bench/model.py --flip`, models/MODEL_CARD.md); on the float16 model it gave +0.1.
     test_time_flip: bool = False
     quantization: str = "none"
     input_dtype: str = "float32"

@@ -60,6 +60,50 @@ def test_export_writes_a_checked_model_with_its_metadata(trained: Path, quantize
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=0.02)
 
 
+def test_quantization_aware_export_keeps_the_int8_file_that_scored_best(trained: Path):
+    """`--qat-epochs`: fine-tune with int8 simulated, keep the epoch whose *file* is best on val;
+    `--test-time-flip`: the daemon averages each face with its mirror, and so does the check."""
+    out = trained.with_name("tiny-qat.tflite")
+    result = run_cli(
+        "convert",
+        "export",
+        "--model",
+        trained,
+        "--quantize",
+        "int8",
+        "--qat-epochs",
+        "2",
+        "--test-time-flip",
+        "--out",
+        out,
+        *ANY_DROP,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "qat: epoch 2/2: int8 val accuracy" in result.stdout
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["quantization"], meta["input_dtype"], meta["test_time_flip"]) == (
+        "int8",
+        "uint8",
+        True,
+    )
+    qat, check = meta["provenance"]["quantization_aware"], meta["provenance"]["export_check"]
+    scores = qat["int8_val_accuracy_by_epoch"]
+    assert len(scores) == 3  # the learned ranges alone, then each epoch
+    assert scores[qat["kept_epoch"]] == max(scores)
+    # Compared with the float model as trained (not the fine-tuned copy), mirrored faces included.
+    import keras
+
+    from convert.data import load_split
+
+    val = load_split(SAMPLE_CSV, "PublicTest")
+    faces = val.images[..., np.newaxis].astype(np.float32)
+    model = keras.saving.load_model(trained, compile=False)
+    probs = (model.predict(faces, verbose=0) + model.predict(faces[:, :, ::-1], verbose=0)) / 2
+    assert check["keras_accuracy"] == round(float((probs.argmax(1) == val.labels).mean()), 4)
+    one = EmotionClassifier(out).predict([np.full((48, 48), 128, np.uint8)])
+    assert one.shape == (1, 7) and abs(one.sum() - 1) < 0.02
+
+
 def test_evaluate_reports_the_documented_json(trained: Path, tmp_path: Path):
     model = trained.with_name("eval-int8.tflite")
     assert (
@@ -167,6 +211,20 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
             "--weights /no/such.h5: no such file",
         ),
         (("evaluate", "--model", SAMPLE_CSV, "--data", SAMPLE_CSV), "not a TFLite model"),
+        (
+            (
+                "export",
+                "--model",
+                "x.keras",
+                "--quantize",
+                "float16",
+                "--qat-epochs",
+                "1",
+                "--out",
+                "x.tflite",
+            ),
+            "--qat-epochs fine-tunes for int8; it does not apply to float16",
+        ),
         (("evaluate", "--model", "/no/model.tflite", "--data", SAMPLE_CSV), "model file not found"),
         (
             ("export", "--model", SAMPLE_CSV.with_suffix(".keras"), "--out", "x.tflite"),
@@ -178,6 +236,7 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
         "unknown-backbone",
         "missing-weights",
         "not-tflite",
+        "qat-not-int8",
         "missing-model",
         "missing-keras",
     ],
