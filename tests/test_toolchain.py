@@ -306,3 +306,29 @@ def test_init_from_a_model_of_another_architecture_is_refused(trained: Path, tmp
     assert result.returncode == 2
     assert f"--init {trained}: does not fit" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_quantization_aware_export_of_a_foreign_model_is_a_clear_error(tmp_path: Path):
+    """QAT rebuilds the network `convert train` makes; any other model is refused, not guessed."""
+    import keras
+
+    foreign = tmp_path / "foreign.keras"
+    keras.Sequential(
+        [keras.Input((48, 48, 1)), keras.layers.Flatten(), keras.layers.Dense(7, "softmax")]
+    ).save(foreign)
+    result = run_cli(
+        "convert",
+        "export",
+        "--model",
+        foreign,
+        "--data",
+        SAMPLE_CSV,
+        "--qat-epochs",
+        "1",
+        "--out",
+        tmp_path / "foreign.tflite",
+    )
+    assert result.returncode == 2
+    assert "cannot rebuild the model for quantization-aware fine-tuning" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "foreign.tflite").exists()
