@@ -94,9 +94,9 @@ def parser() -> argparse.ArgumentParser:
         "--qat-epochs",
         type=int,
         default=0,
-        help="int8 only: epochs of quantization-aware fine-tuning before conversion, the "
-        "epoch whose int8 file scores best on val kept (default 0: post-training "
-        "quantization)",
+        help="int8 only: epochs of quantization-aware fine-tuning before conversion; of the "
+        "int8 files after each epoch and for the mean of the epochs' weights, the one most "
+        "accurate on val is kept (default 0: post-training quantization)",
     )
     export.add_argument(
         "--qat-learning-rate",

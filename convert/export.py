@@ -327,8 +327,8 @@ def _with_qat(metadata: ModelMetadata, qat: QatRecipe, result: QatResult) -> Mod
     provenance["quantization_aware"] = {
         "epochs": qat.epochs,
         "learning_rate": qat.learning_rate,
-        "kept_epoch": result.kept_epoch,
-        "int8_val_accuracy_by_epoch": [round(a, 4) for a in result.val_accuracy],
+        "kept": result.kept,
+        "int8_val_accuracy": {name: round(a, 4) for name, a in result.val_accuracy.items()},
     }
     return replace(metadata, provenance=provenance)
 

@@ -12,8 +12,8 @@ convolutions (as TFLite will fold them) and checked to predict what the Keras 3 
 before anything else happens. Then: annotate every layer, learn the activation ranges on a few
 batches, fine-tune a few epochs at a low rate, and after each epoch convert to TFLite and score
 the *file* on val, the thing that ships (with BatchNorm unfolded, tfmot's simulation and the
-converted file disagreed on 6% of val faces): the best epoch is kept, as val accuracy picks the
-checkpoint in training.
+converted file disagreed on 6% of val faces); the mean of the epochs' weights is one more
+candidate. The best is kept, as val accuracy picks the checkpoint in training.
 """
 
 from __future__ import annotations
@@ -55,11 +55,17 @@ class QatRecipe:
 
 @dataclass
 class QatResult:
-    """The kept TFLite file and what each epoch's file scored on val (epoch 0: ranges only)."""
+    """The kept TFLite file and what every candidate file scored on val, by name."""
 
-    content: bytes
-    kept_epoch: int
-    val_accuracy: list[float] = field(default_factory=list)
+    content: bytes = b""
+    kept: str = ""
+    val_accuracy: dict[str, float] = field(default_factory=dict)
+
+    def offer(self, name: str, content: bytes, accuracy: float) -> None:
+        """Keep ``content`` if it beats every earlier candidate (the first one on a tie)."""
+        if not self.val_accuracy or accuracy > max(self.val_accuracy.values()):
+            self.content, self.kept = content, name
+        self.val_accuracy[name] = accuracy
 
 
 def quantization_aware_int8(
@@ -71,8 +77,10 @@ def quantization_aware_int8(
     score: Callable[[bytes, Split], float],
     say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> QatResult:
-    """Fine-tune a quantization-aware twin of ``model``; return the best epoch's int8 file.
+    """Fine-tune a quantization-aware twin of ``model``; return the best candidate int8 file.
 
+    Candidates: the learned ranges alone, each epoch, and the mean of the epochs' weights (a
+    low-rate trajectory's average is a flatter, steadier point than any single epoch).
     ``recipe`` is the training run's recipe (backbone, size, label smoothing, class weights);
     ``score`` rates a TFLite file on val the way the export check will.
     """
@@ -80,25 +88,30 @@ def quantization_aware_int8(
     tf_keras.utils.set_random_seed(recipe.get("seed", 0))
     twin = fold_batch_norms(legacy_twin(model, recipe, tf_keras, val.images[:64]), tf_keras)
     same_predictions(model, twin, val.images[:64], "the model with BatchNorm folded")
+    result = QatResult()
+
+    def candidate(name: str) -> None:
+        content = to_int8(quantized)
+        result.offer(name, content, score(content, val))
+        say(f"qat: {name}: int8 val accuracy {result.val_accuracy[name]:.4f}")
+
     with _range_tracking(tfmot) as decay:
         decay.value = qat.calibration_decay
         quantized = _quantize(twin, tfmot, tf_keras)
         train_ds = _train_dataset(train, recipe)
         _calibrate_ranges(quantized, train_ds, qat.calibration_batches, tf_keras)
-        best = QatResult(content=to_int8(quantized), kept_epoch=0)
-        best.val_accuracy.append(score(best.content, val))
-        say(f"qat: activation ranges learned: int8 val accuracy {best.val_accuracy[0]:.4f}")
+        candidate("ranges only")
         decay.value = qat.decay
         _compile_for_fine_tuning(quantized, qat.learning_rate, recipe, tf_keras)
+        trajectory = []
         for epoch in range(1, qat.epochs + 1):
             quantized.fit(train_ds, epochs=1, class_weight=_class_weights(train, recipe), verbose=2)
-            content = to_int8(quantized)
-            accuracy = score(content, val)
-            best.val_accuracy.append(accuracy)
-            say(f"qat: epoch {epoch}/{qat.epochs}: int8 val accuracy {accuracy:.4f}")
-            if accuracy > max(best.val_accuracy[:-1]):
-                best.content, best.kept_epoch = content, epoch
-    return best
+            trajectory.append(quantized.get_weights())
+            candidate(f"epoch {epoch}/{qat.epochs}")
+        if len(trajectory) > 1:
+            quantized.set_weights([np.mean(ws, axis=0) for ws in zip(*trajectory, strict=True)])
+            candidate(f"mean of epochs 1-{qat.epochs}")
+    return result
 
 
 def _toolkit() -> tuple[ModuleType, ModuleType]:
