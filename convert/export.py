@@ -95,7 +95,7 @@ def export(
     else:
         template = describe(b"", quantize, model_path, history)
         result = quantization_aware_int8(
-            model, history.get("recipe", {}), train, val, qat, scorer(template)
+            model, history.get("recipe", {}), train, val, qat, int8_scorer(template, val)
         )
         content = result.content
         metadata = _with_qat(describe(content, quantize, model_path, history), qat, result)
@@ -131,7 +131,7 @@ def calibration_faces(split: Split, size: int) -> np.ndarray:
     return split.images[np.concatenate(picks)]
 
 
-def to_tflite(model: keras.Model, quantize: str, calibration: np.ndarray) -> bytes:
+def to_tflite(model: keras.Model, quantize: str, calibration: np.ndarray | None) -> bytes:
     """Convert with the TFLite converter; int8 keeps uint8 input so raw pixels go straight in.
 
     ``from_keras_model`` matched Keras to ~3e-6 here, while ``model.export(tf_saved_model)`` +
@@ -144,7 +144,11 @@ def to_tflite(model: keras.Model, quantize: str, calibration: np.ndarray) -> byt
     return _convert(converter, quantize, calibration)
 
 
-def _convert(converter: tf.lite.TFLiteConverter, quantize: str, calibration: np.ndarray) -> bytes:
+def _convert(
+    converter: tf.lite.TFLiteConverter, quantize: str, calibration: np.ndarray | None
+) -> bytes:
+    """``calibration=None`` with int8: a quantization-aware model, whose graph carries the ranges
+    it learned; calibration data would silently add post-training calibration on top of them."""
     import tensorflow as tf
 
     if quantize != "none":
@@ -152,11 +156,12 @@ def _convert(converter: tf.lite.TFLiteConverter, quantize: str, calibration: np.
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if quantize == "int8":
+        converter.inference_input_type = tf.uint8
+    if quantize == "int8" and calibration is not None:
         converter.representative_dataset = lambda: (
             [face[np.newaxis, ..., np.newaxis].astype(np.float32)] for face in calibration
         )
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
     try:
         # The converter prints every captured variable of the traced model to stdout.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -234,18 +239,20 @@ def run_tflite(
     return metadata, in_litert_process(predict_tflite, path, images)
 
 
-def scorer(template: ModelMetadata) -> Callable[[bytes, Split], float]:
-    """Accuracy of TFLite bytes on a split, measured as the export check measures it."""
+def int8_scorer(
+    template: ModelMetadata, val: Split
+) -> Callable[[keras.Model], tuple[bytes, float]]:
+    """Convert a quantization-aware model with its learned ranges; score the file on val as the
+    export check measures it."""
 
-    def score(content: bytes, split: Split) -> float:
+    def convert_and_score(model: keras.Model) -> tuple[bytes, float]:
+        content = to_tflite(model, "int8", None)
         metadata = replace(template, sha256=hashlib.sha256(content).hexdigest())
         with tempfile.TemporaryDirectory() as folder:
-            _, probs = run_tflite(
-                content, metadata, Path(folder) / "candidate.tflite", split.images
-            )
-        return float((probs.argmax(1) == split.labels).mean())
+            _, probs = run_tflite(content, metadata, Path(folder) / "candidate.tflite", val.images)
+        return content, float((probs.argmax(1) == val.labels).mean())
 
-    return score
+    return convert_and_score
 
 
 def keras_predict(model: keras.Model, images: np.ndarray, flip: bool) -> np.ndarray:

@@ -19,7 +19,6 @@ candidate. The best is kept, as val accuracy picks the checkpoint in training.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -74,7 +73,7 @@ def quantization_aware_int8(
     train: Split,
     val: Split,
     qat: QatRecipe,
-    score: Callable[[bytes, Split], float],
+    convert_and_score: Callable[[keras.Model], tuple[bytes, float]],
     say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> QatResult:
     """Fine-tune a quantization-aware twin of ``model``; return the best candidate int8 file.
@@ -82,7 +81,8 @@ def quantization_aware_int8(
     Candidates: the learned ranges alone, each epoch, and the mean of the epochs' weights (a
     low-rate trajectory's average is a flatter, steadier point than any single epoch).
     ``recipe`` is the training run's recipe (backbone, size, label smoothing, class weights);
-    ``score`` rates a TFLite file on val the way the export check will.
+    ``convert_and_score`` converts the quantization-aware model with its learned ranges and
+    rates the file on val the way the export check will.
     """
     tfmot, tf_keras = _toolkit()
     tf_keras.utils.set_random_seed(recipe.get("seed", 0))
@@ -91,8 +91,7 @@ def quantization_aware_int8(
     result = QatResult()
 
     def candidate(name: str) -> None:
-        content = to_int8(quantized)
-        result.offer(name, content, score(content, val))
+        result.offer(name, *convert_and_score(quantized))
         say(f"qat: {name}: int8 val accuracy {result.val_accuracy[name]:.4f}")
 
     with _range_tracking(tfmot) as decay:
@@ -103,9 +102,9 @@ def quantization_aware_int8(
         candidate("ranges only")
         decay.value = qat.decay
         _compile_for_fine_tuning(quantized, qat.learning_rate, recipe, tf_keras)
-        trajectory = []
+        trajectory, weights = [], _class_weights(train, recipe)
         for epoch in range(1, qat.epochs + 1):
-            quantized.fit(train_ds, epochs=1, class_weight=_class_weights(train, recipe), verbose=2)
+            quantized.fit(train_ds, epochs=1, class_weight=weights, verbose=2)
             trajectory.append(quantized.get_weights())
             candidate(f"epoch {epoch}/{qat.epochs}")
         if len(trajectory) > 1:
@@ -335,19 +334,3 @@ def _calibrate_ranges(
     statistics, on the same augmented data they were learnt from) move."""
     quantized.compile(optimizer=tf_keras.optimizers.SGD(0.0), loss="categorical_crossentropy")
     quantized.fit(train_ds.repeat().take(batches), epochs=1, verbose=0)
-
-
-def to_int8(quantized: keras.Model) -> bytes:
-    """Convert with the learned ranges; raw uint8 pixels in, as for post-training int8."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(quantized)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.inference_input_type = tf.uint8
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return converter.convert()
-    except Exception as error:  # the converter raises ConverterError, ValueError...
-        raise ConvertError(
-            f"TFLite conversion of the quantization-aware model failed: {error}"
-        ) from None
