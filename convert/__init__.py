@@ -1,7 +1,9 @@
 """Training and conversion toolchain for the edge emotion model.
 
-Steps, each a module: ``data`` (load FER2013), ``model`` (build), ``train`` (augment, fit),
-``export`` (TFLite + metadata + self-check), ``evaluate`` (honest report).
+Steps, each a module: ``data`` (load FER2013 and its FER+ votes), ``labels`` (both labellings,
+training targets), ``model`` (build), ``train`` (fit; ``dataset``: augment and batch; ``distill``:
+teachers), ``adjust`` (logit adjustment), ``export`` (TFLite + metadata + self-check; ``qat``),
+``evaluate`` (honest report).
 """
 
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")

@@ -1,4 +1,4 @@
-"""``python -m convert train|export|evaluate``: the conversion toolchain's command line."""
+"""``python -m convert train|adjust|export|evaluate``: the conversion toolchain's command line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from convert import ConvertError
+from convert import EMOTIONS, ConvertError
 
 # TensorFlow's C++ start-up chatter hides the progress display; keep warnings and errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -27,8 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from convert.qat import QatRecipe
-    from convert.train import Recipe
+    from convert.recipe import LABELS, QatRecipe, Recipe
 
     defaults = Recipe()
     top = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
@@ -42,7 +41,27 @@ def parser() -> argparse.ArgumentParser:
         help="fer2013.csv, or a folder with train/ and val/ emotion folders",
     )
     train.add_argument("--val-data", help="validation data if not inside --data (PublicTest)")
+    votes_help = (
+        "FER+ votes: ferplus.csv (a path column) or Microsoft's fer2013new.csv (for a "
+        "fer2013.csv); default: ferplus/ferplus.csv in the data folder, when present"
+    )
+    train.add_argument("--votes", help=votes_help)
     train.add_argument("--out", type=Path, required=True, help="where to save the .keras model")
+    train.add_argument(
+        "--labels",
+        choices=LABELS,
+        default=defaults.labels,
+        help="targets: FER2013's label (one annotator), the FER+ vote distribution (ten), or "
+        f"--ferplus-weight x votes + the rest x label (default {defaults.labels})",
+    )
+    train.add_argument(
+        "--teacher",
+        type=Path,
+        action="append",
+        default=[],
+        help="distillation: a .keras or .tflite model whose predictions are mixed into the "
+        "targets (--teacher-weight); repeat for an ensemble (averaged)",
+    )
     train.add_argument("--backbone", choices=("mobilenetv2", "resnet50"), default=defaults.backbone)
     train.add_argument(
         "--weights",
@@ -54,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--schedule", choices=("plateau", "cosine"), default=defaults.schedule)
     for spec in fields(Recipe):
-        if spec.name in {"backbone", "weights", "schedule"}:
+        if spec.name in {"backbone", "weights", "schedule", "labels"}:
             continue
         flag = "--" + spec.name.replace("_", "-")
         train.add_argument(
@@ -73,9 +92,15 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="the .tflite file to write")
     export.add_argument(
         "--data",
-        help="FER2013 data for calibration (Training) and the check "
+        help="FER2013 data for calibration and fine-tuning (Training) and the check "
         "(PublicTest); default: the data the model was trained on",
     )
+    export.add_argument(
+        "--val-data",
+        help="the check's faces (PublicTest) if not inside --data; default: --data, else the "
+        "validation data the model was trained with",
+    )
+    export.add_argument("--votes", help=votes_help + "; the check then scores both labellings")
     export.add_argument(
         "--max-drop",
         type=float,
@@ -94,9 +119,10 @@ def parser() -> argparse.ArgumentParser:
         "--qat-epochs",
         type=int,
         default=0,
-        help="int8 only: epochs of quantization-aware fine-tuning before conversion; of the "
-        "int8 files after each epoch and for the mean of the epochs' weights, the one most "
-        "accurate on val is kept (default 0: post-training quantization)",
+        help="int8 only: epochs of quantization-aware fine-tuning on the training run's targets "
+        "(keeping a `convert adjust` shift) before conversion; of the int8 files after each "
+        "epoch and for the mean of the epochs' weights, the one that scores best on val (the "
+        "training run's selection score) is kept (default 0: post-training quantization)",
     )
     export.add_argument(
         "--qat-learning-rate",
@@ -113,6 +139,27 @@ def parser() -> argparse.ArgumentParser:
         "the check compares with Keras doing the same",
     )
 
+    adjust = commands.add_parser(
+        "adjust",
+        help="move a trained model's class prior toward another labelling's (logit adjustment)",
+    )
+    adjust.set_defaults(command=run_adjust, name="adjust")
+    adjust.add_argument("--model", type=Path, required=True, help="a .keras model from train")
+    adjust.add_argument("--out", type=Path, required=True, help="the adjusted .keras model")
+    adjust.add_argument(
+        "--toward",
+        choices=("fer2013", "ferplus"),
+        default="fer2013",
+        help="whose class prior: FER2013's labels (every emotion common) or the FER+ votes' "
+        "(a third neutral); default fer2013",
+    )
+    adjust.add_argument(
+        "--strength",
+        type=float,
+        required=True,
+        help="0 keeps the model as trained, 1 swaps its targets' prior for the other entirely",
+    )
+
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class results, latency")
     evaluate.set_defaults(command=run_evaluate, name="evaluate")
     evaluate.add_argument("--model", type=Path, required=True, help=".tflite or .keras model")
@@ -126,6 +173,15 @@ def parser() -> argparse.ArgumentParser:
         choices=("Training", "PublicTest", "PrivateTest"),
         help="split to evaluate (default PublicTest; a folder of emotion folders is taken whole)",
     )
+    evaluate.add_argument("--votes", help=votes_help)
+    evaluate.add_argument(
+        "--labels",
+        choices=("fer2013", "ferplus", "both"),
+        default="both",
+        help="which labelling to print and plot: the data's own labels (FER2013's, or the "
+        "folder names), the FER+ majority, or both (default; FER+ where votes are found). "
+        "--json always has every labelling at hand",
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--plot", type=Path, help="write the confusion matrix as a PNG")
     evaluate.add_argument(
@@ -138,19 +194,32 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from convert.train import Recipe, train
+    from convert.recipe import Recipe
 
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
     if args.out.suffix != ".keras":
         raise ConvertError(f"--out {args.out}: the model file must end in .keras")
-    log = train(args.data, args.val_data, args.out, recipe, args.init)
-    print(f"best val accuracy {log.best_val_accuracy:.4f}; model saved to {args.out}")
+    from convert.train import train
+
+    log = train(
+        args.data, args.val_data, args.out, recipe, args.init, args.votes, tuple(args.teacher)
+    )
+    best = log.best_epoch
+    ferplus = (
+        f", FER+ majority {best['val_ferplus_accuracy']:.4f}"
+        if "val_ferplus_accuracy" in best
+        else ""
+    )
+    print(
+        f"best val: score {log.best_val_score:.4f} (epoch {best.get('epoch')}: FER2013 labels "
+        f"{best.get('val_accuracy', 0):.4f}{ferplus}); model saved to {args.out}"
+    )
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from convert.export import export
-    from convert.qat import QatRecipe
+    from convert.export import Inputs, export
+    from convert.recipe import QatRecipe
 
     if args.qat_epochs < 0:
         raise ConvertError(f"--qat-epochs {args.qat_epochs}: must be 0 or more")
@@ -163,7 +232,7 @@ def run_export(args: argparse.Namespace) -> int:
         args.model,
         args.out,
         args.quantize,
-        args.data,
+        Inputs(args.data, args.val_data, args.votes),
         args.max_drop,
         args.calibration_size,
         qat,
@@ -176,18 +245,35 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_adjust(args: argparse.Namespace) -> int:
+    from convert.adjust import adjust
+
+    result = adjust(args.model, args.out, args.toward, args.strength)
+    shift = ", ".join(f"{e} {s:+.3f}" for e, s in zip(EMOTIONS, result.shift, strict=True))
+    accuracy = ", ".join(f"{k} {v:.4f}" for k, v in result.val_accuracy.items())
+    print(f"logit shift: {shift}\nval accuracy (no flip): {accuracy}\nsaved to {args.out}")
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from convert.evaluate import evaluate, format_report, plot_confusion
 
-    report = evaluate(args.model, args.data, args.usage, args.latency_faces)
+    report = evaluate(args.model, args.data, args.usage, args.latency_faces, args.votes)
+    shown = ["fer2013", "ferplus"] if args.labels == "both" else [args.labels]
+    if "ferplus" not in report["labellings"]:
+        if args.labels == "ferplus":
+            raise ConvertError(
+                f"--labels ferplus: no FER+ votes found for {report['data']}: pass --votes FILE"
+            )
+        shown = ["fer2013"]
     if args.plot:
-        plot_confusion(report, args.plot)
+        plot_confusion(report, args.plot, shown)
     if args.json:
         import json
 
         print(json.dumps(report))
     else:
-        print(format_report(report))
+        print(format_report(report, shown))
     return 0
 
 

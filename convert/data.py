@@ -1,8 +1,14 @@
-"""Load FER2013 in either layout users have: Kaggle image folders or the original CSV.
+"""Load FER2013 in either layout users have: Kaggle image folders or the original CSV, with the
+FER+ votes of its faces when they are at hand.
 
 Every loader returns 48x48 uint8 grayscale faces decoded by OpenCV, the decoder the daemon uses,
 so training and serving see the same pixels (TensorFlow's default JPEG decoder differs by ~1.6
 gray levels on FER2013).
+
+FER+ votes come in two layouts: ``ferplus.csv`` (a ``path`` column relative to the dataset
+folder, then the ten vote columns), which is found by itself at ``<data>/ferplus/ferplus.csv``
+or beside a split folder, and Microsoft's ``fer2013new.csv`` (``Usage``, ``Image name``, the ten
+vote columns), one row per row of the original ``fer2013.csv``, given with ``--votes``.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -29,13 +35,22 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".tif", ".ti
 CSV_COLUMNS = ("emotion", "pixels", "usage")
 
 
+VOTES_FILE = Path("ferplus") / "ferplus.csv"
+
+
 @dataclass(frozen=True)
 class Split:
-    """Faces of one split: ``images`` (N, 48, 48) uint8, ``labels`` (N,) int64 ids."""
+    """Faces of one split: ``images`` (N, 48, 48) uint8, ``labels`` (N,) int64 FER2013 ids;
+    ``votes`` (N, 10) FER+ vote counts (``convert.labels.VOTE_COLUMNS``; a row of zeros where a
+    face has no votes), or None when no votes file was found; ``keys`` name each face (its path
+    relative to the dataset folder, or ``csv:<line>``)."""
 
     images: np.ndarray
     labels: np.ndarray
     source: str
+    votes: np.ndarray | None = None
+    votes_source: str = ""
+    keys: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,28 +58,59 @@ class Split:
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=len(EMOTIONS))
 
+    def subset(self, keep: np.ndarray) -> Split:
+        """The faces where ``keep`` is True, with everything that belongs to them."""
+        return replace(
+            self,
+            images=self.images[keep],
+            labels=self.labels[keep],
+            votes=None if self.votes is None else self.votes[keep],
+            keys=tuple(k for k, kept in zip(self.keys, keep, strict=True) if kept),
+        )
 
-def load_split(path: str | os.PathLike, usage: str | None) -> Split:
+    def without_votes_count(self) -> int:
+        return 0 if self.votes is None else int((self.votes.sum(axis=1) == 0).sum())
+
+
+def load_split(
+    path: str | os.PathLike, usage: str | None, votes: str | os.PathLike | None = None
+) -> Split:
     """Load one split from a CSV, a folder of splits, or a folder of emotion folders.
 
     ``usage`` is an official split name; ``None`` takes a class folder whole and means
     PublicTest (the validation split) anywhere else. In a class folder,
     Kaggle file-name prefixes (``PrivateTest_*.jpg``) select the split, so the Kaggle ``test/``
     folder, which mixes both test halves, yields only the half asked for.
+    ``votes``: a FER+ votes file; by default ``ferplus/ferplus.csv`` in the dataset folder is
+    used when it is there.
     """
     root = Path(path)
     if usage is not None and usage not in USAGES:
         raise ConvertError(f"unknown usage {usage!r}: expected one of {', '.join(USAGES)}")
     if not root.exists():
         raise ConvertError(f"data path not found: {root}")
+    if votes is not None and not Path(votes).is_file():
+        raise ConvertError(f"--votes {votes}: no such file")
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise ConvertError(f"{root}: expected a fer2013 .csv file or a folder of images")
-        return _load_csv(root, usage or "PublicTest")
-    if _is_class_folder(root):
-        return _load_class_folder(root, usage)
-    usage = usage or "PublicTest"
-    return _load_class_folder(_split_folder(root, usage), usage)
+        split = _load_csv(root, usage or "PublicTest")
+        return _with_row_votes(split, Path(votes), usage or "PublicTest") if votes else split
+    if is_class_folder(root):
+        split = _load_class_folder(root, usage)
+    else:
+        split = _load_class_folder(_split_folder(root, usage or "PublicTest"), usage)
+    if votes is not None:
+        return _with_path_votes(split, Path(votes))
+    found = _find_votes(split)
+    return _with_path_votes(split, found, required=False) if found else split
+
+
+def is_class_folder(folder: Path) -> bool:
+    """A folder of emotion folders (one split), as opposed to a folder of splits."""
+    if not folder.is_dir():
+        return False
+    return _is_class_folder(folder)
 
 
 def _is_class_folder(folder: Path) -> bool:
@@ -105,7 +151,9 @@ def _load_class_folder(folder: Path, usage: str | None) -> Split:
         raise ConvertError(f"{folder}: no images found in its emotion folders")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         images = list(pool.map(read_face, files, chunksize=256))
-    return Split(np.stack(images), np.asarray(labels, dtype=np.int64), str(folder))
+    # Keys are relative to the dataset folder (the split folder's parent), as in ferplus.csv.
+    keys = tuple(f.relative_to(folder.parent).as_posix() for f in files)
+    return Split(np.stack(images), np.asarray(labels, dtype=np.int64), str(folder), keys=keys)
 
 
 def _matches_usage(filename: str, usage: str | None) -> bool:
@@ -146,7 +194,8 @@ def _load_csv(path: Path, usage: str) -> Split:
             images.append(_csv_pixels(path, line, row[col["pixels"]]))
     if not labels:
         raise ConvertError(f"{path}: no rows with Usage={usage}")
-    return Split(np.stack(images), np.asarray(labels, dtype=np.int64), f"{path}:{usage}")
+    keys = tuple(f"{usage}:{i}" for i in range(len(labels)))
+    return Split(np.stack(images), np.asarray(labels, dtype=np.int64), f"{path}:{usage}", keys=keys)
 
 
 def _csv_label(path: Path, line: int, value: str) -> int:
@@ -170,3 +219,102 @@ def _csv_pixels(path: Path, line: int, value: str) -> np.ndarray:
             f"got {pixels.size}"
         )
     return pixels.astype(np.uint8).reshape(FACE_SIZE, FACE_SIZE)
+
+
+def _find_votes(split: Split) -> Path | None:
+    """``ferplus/ferplus.csv`` in the dataset folder (the split folder's parent), if present."""
+    candidate = Path(split.source).parent / VOTES_FILE
+    return candidate if candidate.is_file() else None
+
+
+def _read_vote_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConvertError(f"{path}: cannot read the FER+ votes file: {error}") from None
+    if not rows:
+        raise ConvertError(f"{path}: empty FER+ votes file")
+    return [c.strip() for c in rows[0]], rows[1:]
+
+
+def _vote_columns(path: Path, header: list[str]) -> list[int]:
+    from convert.labels import VOTE_COLUMNS
+
+    lower = [c.lower() for c in header]
+    missing = [c for c in VOTE_COLUMNS if c.lower() not in lower]
+    if missing:
+        raise ConvertError(
+            f"{path}: FER+ votes file lacks column(s) {', '.join(missing)}; expected "
+            f"{', '.join(VOTE_COLUMNS)}"
+        )
+    return [lower.index(c.lower()) for c in VOTE_COLUMNS]
+
+
+def _counts(path: Path, line: int, row: list[str], columns: list[int]) -> np.ndarray:
+    try:
+        counts = np.array([float(row[i] or 0) for i in columns], np.float32)
+    except (ValueError, IndexError):
+        raise ConvertError(f"{path}:{line}: vote counts must be numbers") from None
+    if (counts < 0).any() or not np.isfinite(counts).all():
+        raise ConvertError(f"{path}:{line}: vote counts must be finite and not negative")
+    return counts
+
+
+def _with_path_votes(split: Split, path: Path, required: bool = True) -> Split:
+    """Votes matched by path relative to the dataset folder, else by ``<emotion>/<file>``
+    (unique within FER2013, whose file names carry the split), so a copied or renamed split
+    folder still finds its votes."""
+    header, rows = _read_vote_rows(path)
+    if "path" not in [c.lower() for c in header]:
+        raise ConvertError(
+            f"{path}: a FER+ votes file for image folders needs a 'path' column "
+            "(relative to the dataset folder, e.g. train/angry/Training_10118481.jpg)"
+        )
+    columns, key_column = _vote_columns(path, header), [c.lower() for c in header].index("path")
+    by_path: dict[str, np.ndarray] = {}
+    by_tail: dict[str, np.ndarray | None] = {}
+    for line, row in enumerate(rows, start=2):
+        if not row:
+            continue
+        key = row[key_column].strip().replace("\\", "/")
+        counts = _counts(path, line, row, columns)
+        by_path[key] = counts
+        tail = "/".join(key.split("/")[-2:])
+        by_tail[tail] = None if tail in by_tail else counts  # ambiguous tails match nothing
+    votes = np.zeros((len(split), 10), np.float32)
+    for i, key in enumerate(split.keys):
+        found = by_path.get(key)
+        if found is None:
+            found = by_tail.get("/".join(key.split("/")[-2:]))
+        if found is not None:
+            votes[i] = found
+    if not votes.any():
+        if not required:  # a votes file that happens to lie there, for other images
+            return split
+        raise ConvertError(f"{path}: none of the {len(split)} images of {split.source} has votes")
+    return replace(split, votes=votes, votes_source=str(path))
+
+
+def _with_row_votes(split: Split, path: Path, usage: str) -> Split:
+    """Microsoft's ``fer2013new.csv``: one row per ``fer2013.csv`` row, in the same order, so the
+    n-th row of a Usage is the n-th face of that split there too."""
+    header, rows = _read_vote_rows(path)
+    lower = [c.lower() for c in header]
+    if "usage" not in lower:
+        raise ConvertError(
+            f"{path}: votes for a fer2013.csv need Microsoft's fer2013new.csv layout "
+            "(a Usage column and one row per fer2013.csv row)"
+        )
+    columns, usage_column = _vote_columns(path, header), lower.index("usage")
+    votes = [
+        _counts(path, line, row, columns)
+        for line, row in enumerate(rows, start=2)
+        if row and row[usage_column].strip() == usage
+    ]
+    if len(votes) != len(split):
+        raise ConvertError(
+            f"{path}: {len(votes)} rows with Usage={usage}, but {split.source} has "
+            f"{len(split)}: not the votes of this CSV"
+        )
+    return replace(split, votes=np.stack(votes), votes_source=str(path))

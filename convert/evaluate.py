@@ -1,7 +1,11 @@
-"""Honest evaluation: accuracy, macro-F1, per-class results, confusion matrix, per-face latency.
+"""Honest evaluation: accuracy, macro-F1, per-class results, confusion matrix, per-face latency,
+under each labelling at hand: the data's own labels (FER2013's, or a folder's names) and, where
+FER+ votes are found, the FER+ majority (``convert.labels``: faces without one are left out of
+that score and counted).
 
 A ``.tflite`` model is run through the daemon's own classifier (``edge.emotions``), so the
-numbers describe exactly what the daemon will do, preprocessing included.
+numbers describe exactly what the daemon will do, preprocessing included. Evaluating one never
+imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,19 +18,38 @@ import numpy as np
 
 from convert import EMOTIONS, ConvertError
 from convert.data import load_split
+from convert.labels import NO_LABEL, ferplus_majority
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, 48, 48) uint8 -> (N, 7) probabilities
 
 
-def evaluate(model_path: Path, data: str, usage: str | None, latency_faces: int = 300) -> dict:
-    split = load_split(data, usage)
+def evaluate(
+    model_path: Path,
+    data: str,
+    usage: str | None,
+    latency_faces: int = 300,
+    votes: str | None = None,
+) -> dict:
+    """The report: the data's own labels at the top level (as always), FER+ under ``ferplus``."""
+    split = load_split(data, usage, votes)
     predict_batch, predict_one = load_predictor(model_path)
     probs = np.concatenate(
         [predict_batch(split.images[i : i + 256]) for i in range(0, len(split), 256)]
     )
-    report = score(split.labels, probs.argmax(axis=1))
+    predicted = probs.argmax(axis=1)
+    report = {"model": str(model_path), "data": split.source, **score(split.labels, predicted)}
+    report["labellings"] = ["fer2013"]
+    if split.votes is not None:
+        majority = ferplus_majority(split.votes)
+        scored = majority != NO_LABEL
+        report["labellings"].append("ferplus")
+        report["ferplus"] = {
+            "votes": split.votes_source,
+            "left_out": int((~scored).sum()),
+            **score(majority[scored], predicted[scored]),
+        }
     report["latency_ms"] = latency(predict_one, split.images[:latency_faces])
-    return {"model": str(model_path), "data": split.source, **report}
+    return report
 
 
 def load_predictor(path: Path) -> tuple[Predict, Predict]:
@@ -110,61 +133,85 @@ def latency(predict_one: Predict, faces: np.ndarray, warmup: int = 10) -> dict:
     }
 
 
-def format_report(report: dict) -> str:
+TITLES = {
+    "fer2013": "labels of the data (FER2013's)",
+    "ferplus": "FER+ majority (top vote of ten)",
+}
+
+
+def format_report(report: dict, shown: list[str]) -> str:
     lines = [
         f"model     {report['model']}",
         f"data      {report['data']} ({report['n']} faces)",
-        f"accuracy  {report['accuracy']:.4f}",
-        f"macro-F1  {report['macro_f1']:.4f}",
         f"latency   median {report['latency_ms']['median']:.3f} ms, "
         f"p95 {report['latency_ms']['p95']:.3f} ms per face (1 thread)",
-        "",
-        f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
     ]
-    for label, row in report["per_class"].items():
-        lines.append(
-            f"{label:<10}{row['precision']:>10.3f}{row['recall']:>10.3f}"
-            f"{row['f1']:>10.3f}{row['support']:>10d}"
-        )
-    lines += [
-        "",
-        "confusion (rows: true, columns: predicted)",
-        " " * 10 + "".join(f"{label[:8]:>9}" for label in report["labels"]),
-    ]
-    for label, row in zip(report["labels"], report["confusion"], strict=True):
-        lines.append(f"{label:<10}" + "".join(f"{count:>9d}" for count in row))
+    for name in shown:
+        part = _part(report, name)
+        lines += ["", f"== {TITLES[name]} =="]
+        if name == "ferplus":
+            lines.append(
+                f"votes     {part['votes']}: {part['n']} faces scored, {part['left_out']} left "
+                "out (top vote contempt, unknown or not-a-face, tied, or no votes)"
+            )
+        lines += [
+            f"accuracy  {part['accuracy']:.4f}",
+            f"macro-F1  {part['macro_f1']:.4f}",
+            "",
+            f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
+        ]
+        for label, row in part["per_class"].items():
+            lines.append(
+                f"{label:<10}{row['precision']:>10.3f}{row['recall']:>10.3f}"
+                f"{row['f1']:>10.3f}{row['support']:>10d}"
+            )
+        lines += [
+            "",
+            "confusion (rows: true, columns: predicted)",
+            " " * 10 + "".join(f"{label[:8]:>9}" for label in part["labels"]),
+        ]
+        for label, row in zip(part["labels"], part["confusion"], strict=True):
+            lines.append(f"{label:<10}" + "".join(f"{count:>9d}" for count in row))
     return "\n".join(lines)
 
 
-def plot_confusion(report: dict, path: Path) -> None:
-    """Row-normalised confusion matrix with counts, so rare classes are readable too."""
+def _part(report: dict, name: str) -> dict:
+    return report if name == "fer2013" else report[name]
+
+
+def plot_confusion(report: dict, path: Path, shown: list[str]) -> None:
+    """Row-normalised confusion matrices with counts (one per labelling shown), so rare classes
+    are readable too."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = np.array(report["confusion"])
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7, 6))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    labels = report["labels"]
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    for (i, j), count in np.ndenumerate(counts):
-        ax.text(
-            j,
-            i,
-            f"{count}\n{rates[i, j]:.0%}",
-            ha="center",
-            va="center",
-            fontsize=8,
-            color="white" if rates[i, j] > 0.5 else "black",
+    fig, axes = plt.subplots(1, len(shown), figsize=(7 * len(shown), 6), squeeze=False)
+    for ax, name in zip(axes[0], shown, strict=True):
+        part = _part(report, name)
+        counts = np.array(part["confusion"])
+        rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+        labels = part["labels"]
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        for (i, j), count in np.ndenumerate(counts):
+            ax.text(
+                j,
+                i,
+                f"{count}\n{rates[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if rates[i, j] > 0.5 else "black",
+            )
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(
+            f"{TITLES[name]}\naccuracy {part['accuracy']:.1%}, macro-F1 {part['macro_f1']:.3f} "
+            f"(n={part['n']})"
         )
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(
-        f"accuracy {report['accuracy']:.1%}, macro-F1 {report['macro_f1']:.3f} (n={report['n']})"
-    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -11,33 +11,52 @@ import contextlib
 import hashlib
 import io
 import json
-import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from convert import EMOTIONS, FACE_SIZE, ConvertError
 from convert.data import Split, load_split
-from convert.qat import QatRecipe, QatResult, quantization_aware_int8
-from edge.emotions import EmotionClassifier, ModelMetadata
+from convert.labels import accuracies, labellings, selection_score
+from convert.litert import BATCH, in_litert_process, predict_tflite
+from convert.recipe import QatRecipe, Recipe
+from edge.emotions import ModelMetadata
 
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-CHECK_BATCH = 256
-T = TypeVar("T")
+
+@dataclass(frozen=True)
+class Inputs:
+    """The data an export reads, as the user named it (None: what the training log names)."""
+
+    data: str | None = None
+    val_data: str | None = None
+    votes: str | None = None
+
+    def resolve(self, model_path: Path, history: dict) -> tuple[Split, Split]:
+        """(train, val). An explicit ``--data`` decides both splits, ``--val-data`` the check's;
+        otherwise the data, validation data and votes the model was trained with."""
+        record = history.get("data", {})
+        data = self.data or record.get("path")
+        if not data:
+            raise ConvertError(f"{model_path}: no training record names its data; pass --data")
+        val_data = self.val_data or (None if self.data else record.get("val_path")) or data
+        votes = self.votes or (None if self.data else _still_there(record.get("votes")))
+        return load_split(data, "Training", votes), load_split(val_data, "PublicTest", votes)
 
 
 @dataclass(frozen=True)
 class ExportReport:
+    """The check: Keras and the TFLite file on the same val faces, under every labelling at
+    hand (FER2013's labels, and the FER+ majority where votes are found)."""
+
     path: Path
     quantize: str
     size_bytes: int
@@ -48,6 +67,7 @@ class ExportReport:
     max_drop: float
     passed: bool
     reason: str = ""
+    ferplus: dict = field(default_factory=dict)  # n, keras_accuracy, tflite_accuracy
 
     @property
     def drop_points(self) -> float:
@@ -55,10 +75,18 @@ class ExportReport:
 
     def summary(self) -> str:
         verdict = "kept" if self.passed else "REFUSED"
+        ferplus = ""
+        if self.ferplus:
+            f = self.ferplus
+            drop = 100 * (f["keras_accuracy"] - f["tflite_accuracy"])
+            ferplus = (
+                f"; FER+ majority ({f['n']} faces) Keras {f['keras_accuracy']:.4f}, TFLite "
+                f"{f['tflite_accuracy']:.4f} (drop {drop:+.2f})"
+            )
         return (
             f"{self.path} ({self.quantize}, {self.size_bytes / 1e6:.2f} MB): on {self.n} val "
             f"faces Keras {self.keras_accuracy:.4f}, TFLite {self.tflite_accuracy:.4f} "
-            f"(drop {self.drop_points:+.2f} points, allowed {self.max_drop}), "
+            f"(drop {self.drop_points:+.2f} points, allowed {self.max_drop}){ferplus}, "
             f"top-1 agreement {self.agreement:.4f}: {verdict}"
         )
 
@@ -67,11 +95,12 @@ def export(
     model_path: Path,
     out: Path,
     quantize: str,
-    data: str | None,
+    inputs: Inputs,
     max_drop: float,
     calibration_size: int = 500,
     qat: QatRecipe | None = None,
     test_time_flip: bool = False,
+    say: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> ExportReport:
     """Convert, check against Keras on the val split, and keep the file only if it passes.
 
@@ -84,23 +113,81 @@ def export(
         raise ConvertError(f"--qat-epochs fine-tunes for int8; it does not apply to {quantize}")
     model = load_keras_model(model_path)
     history = training_record(model_path)
-    data = data or history.get("data", {}).get("path")
-    if not data:
-        raise ConvertError(f"{model_path}: no training record names its data; pass --data")
-    val = load_split(history.get("data", {}).get("val_path") or data, "PublicTest")
-    train = load_split(data, "Training")
+    recipe = Recipe.from_record(history.get("recipe", {}))
+    train, val = inputs.resolve(model_path, history)
     if qat is None:
         content = to_tflite(model, quantize, calibration_faces(train, calibration_size))
         metadata = describe(content, quantize, model_path, history)
     else:
         template = describe(b"", quantize, model_path, history)
-        result = quantization_aware_int8(
-            model, history.get("recipe", {}), train, val, qat, int8_scorer(template, val)
+        shift = logit_shift(history)
+        content, trail = quantization_aware_export(
+            model, recipe, train, val, qat, template, say, shift
         )
-        content = result.content
-        metadata = _with_qat(describe(content, quantize, model_path, history), qat, result)
+        metadata = _with_qat(describe(content, quantize, model_path, history), qat, trail)
     metadata = replace(metadata, test_time_flip=test_time_flip)
     return check_and_keep(model, content, metadata, out, val, max_drop)
+
+
+def _still_there(path: str | None) -> str | None:
+    return path if path and Path(path).is_file() else None
+
+
+@dataclass
+class Candidates:
+    """The int8 files of a quantization-aware fine-tune, each scored on val; the best is kept."""
+
+    content: bytes = b""
+    kept: str = ""
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def offer(self, name: str, content: bytes, score: dict[str, float]) -> None:
+        """Keep ``content`` if it beats every earlier candidate (the first one on a tie)."""
+        best = max((s["score"] for s in self.scores.values()), default=None)
+        if best is None or score["score"] > best:
+            self.content, self.kept = content, name
+        self.scores[name] = score
+
+
+def quantization_aware_export(
+    model: keras.Model,
+    recipe: Recipe,
+    train: Split,
+    val: Split,
+    qat: QatRecipe,
+    template: ModelMetadata,
+    say: Callable[[str], None],
+    shift: np.ndarray | None = None,
+) -> tuple[bytes, Candidates]:
+    """Convert every candidate the fine-tune yields with its learned ranges and score the *file*
+    on val as the check will (the recipe's weighting of the labellings); keep the best."""
+    from convert.qat import quantization_aware_candidates
+
+    found = Candidates()
+    for name, candidate in quantization_aware_candidates(model, recipe, train, qat, shift):
+        content = to_tflite(candidate, "int8", None)
+        score = score_file(content, template, val, recipe.selection_weight)
+        found.offer(name, content, score)
+        ferplus = f", FER+ {score['ferplus']:.4f}" if "ferplus" in score else ""
+        say(f"qat: {name}: int8 val accuracy {score['fer2013']:.4f}{ferplus}")
+    return found.content, found
+
+
+def logit_shift(history: dict) -> np.ndarray | None:
+    """What ``convert adjust`` added to the model's logits, in label order (None if nothing)."""
+    shift = history.get("adjusted", {}).get("logit_shift")
+    return None if shift is None else np.array([shift[e] for e in EMOTIONS], np.float32)
+
+
+def score_file(
+    content: bytes, template: ModelMetadata, val: Split, ferplus_weight: float
+) -> dict[str, float]:
+    """Val accuracy of a TFLite file under each labelling, and the recipe's score."""
+    metadata = replace(template, sha256=hashlib.sha256(content).hexdigest())
+    with tempfile.TemporaryDirectory() as folder:
+        _, probs = run_tflite(content, metadata, Path(folder) / "candidate.tflite", val.images)
+    found = accuracies(labellings(val.labels, val.votes), probs.argmax(1))
+    return {**found, "score": selection_score(found, ferplus_weight)}
 
 
 def load_keras_model(path: Path) -> keras.Model:
@@ -134,9 +221,8 @@ def calibration_faces(split: Split, size: int) -> np.ndarray:
 def to_tflite(model: keras.Model, quantize: str, calibration: np.ndarray | None) -> bytes:
     """Convert with the TFLite converter; int8 keeps uint8 input so raw pixels go straight in.
 
-    ``from_keras_model`` matched Keras to ~3e-6 here, while ``model.export(tf_saved_model)`` +
-    ``from_saved_model`` gave a model differing by up to 0.64 in probability (val accuracy 26%
-    instead of 58%) for a fine-tuned MobileNetV2: whichever path is used, the check below decides.
+    ``from_keras_model``, because the SavedModel path produced a broken model for a fine-tuned
+    MobileNetV2 (README, "Things learned on the way"): whichever path is used, the check decides.
     """
     import tensorflow as tf
 
@@ -188,7 +274,16 @@ def describe(content: bytes, quantize: str, model_path: Path, history: dict) -> 
             "backbone": recipe.get("backbone"),
             "alpha": recipe.get("alpha"),
             "image_size": recipe.get("image_size"),
+            # What the network learned to predict (convert.recipe.LABELS), and from whom.
+            "trained_on": {
+                "labels": recipe.get("labels", "fer2013"),
+                "ferplus_weight": recipe.get("ferplus_weight"),
+                "teachers": [Path(t).name for t in history.get("data", {}).get("teachers", [])],
+                "teacher_weight": recipe.get("teacher_weight"),
+            },
             "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # A logit adjustment (`convert adjust`) after training, if any.
+            **({"adjusted": history["adjusted"]} if "adjusted" in history else {}),
         },
     )
 
@@ -208,13 +303,7 @@ def check_and_keep(
         metadata, tflite_probs = run_tflite(content, metadata, staging, val.images)
         keras_probs = keras_predict(model, val.images, metadata.test_time_flip)
         report = compare(
-            out,
-            metadata.quantization,
-            len(content),
-            val.labels,
-            keras_probs,
-            tflite_probs,
-            max_drop,
+            out, metadata.quantization, len(content), val, keras_probs, tflite_probs, max_drop
         )
         # A refused file is kept, with its metadata, under a name the daemon never loads by
         # default: `edge analyze --model X.rejected.tflite` shows what went wrong.
@@ -239,44 +328,13 @@ def run_tflite(
     return metadata, in_litert_process(predict_tflite, path, images)
 
 
-def int8_scorer(
-    template: ModelMetadata, val: Split
-) -> Callable[[keras.Model], tuple[bytes, float]]:
-    """Convert a quantization-aware model with its learned ranges; score the file on val as the
-    export check measures it."""
-
-    def convert_and_score(model: keras.Model) -> tuple[bytes, float]:
-        content = to_tflite(model, "int8", None)
-        metadata = replace(template, sha256=hashlib.sha256(content).hexdigest())
-        with tempfile.TemporaryDirectory() as folder:
-            _, probs = run_tflite(content, metadata, Path(folder) / "candidate.tflite", val.images)
-        return content, float((probs.argmax(1) == val.labels).mean())
-
-    return convert_and_score
-
-
 def keras_predict(model: keras.Model, images: np.ndarray, flip: bool) -> np.ndarray:
     """Keras' probabilities, averaged with the mirrored faces' as the daemon does when asked."""
     x = images[..., np.newaxis].astype(np.float32)
-    probs = model.predict(x, batch_size=CHECK_BATCH, verbose=0)
+    probs = model.predict(x, batch_size=BATCH, verbose=0)
     if flip:
-        probs = (probs + model.predict(x[:, :, ::-1], batch_size=CHECK_BATCH, verbose=0)) / 2
+        probs = (probs + model.predict(x[:, :, ::-1], batch_size=BATCH, verbose=0)) / 2
     return probs
-
-
-def in_litert_process(function: Callable[..., T], *args: object) -> T:
-    """Run ``function`` in a fresh process without TensorFlow.
-
-    LiteRT and TensorFlow each bundle their own TFLite runtime; with both loaded in one process
-    the interpreter aborted (SIGABRT) now and then. The daemon never loads TensorFlow, so the
-    check runs the model the way the daemon will.
-    """
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        try:
-            return pool.submit(function, *args).result()
-        except BrokenProcessPool:
-            raise ConvertError("the LiteRT interpreter crashed while running the model") from None
 
 
 def input_tensor(content: bytes) -> dict:
@@ -286,56 +344,61 @@ def input_tensor(content: bytes) -> dict:
     return {"input_dtype": dtype, "input_quant": quant}
 
 
-def predict_tflite(path: Path, images: np.ndarray) -> np.ndarray:
-    classifier = EmotionClassifier(path, num_threads=2)
-    chunks = [
-        classifier.predict_prepared(images[i : i + CHECK_BATCH])
-        for i in range(0, len(images), CHECK_BATCH)
-    ]
-    return np.concatenate(chunks)
-
-
 def compare(
     out: Path,
     quantize: str,
     size: int,
-    labels: np.ndarray,
+    val: Split,
     keras_probs: np.ndarray,
     tflite_probs: np.ndarray,
     max_drop: float,
 ) -> ExportReport:
+    """Refuse a file that outputs non-finite values or loses more than ``max_drop`` points of
+    accuracy under any labelling at hand."""
+    truth = labellings(val.labels, val.votes)
     keras_top, tflite_top = keras_probs.argmax(1), tflite_probs.argmax(1)
-    keras_acc = float((keras_top == labels).mean())
-    tflite_acc = float((tflite_top == labels).mean())
+    keras_acc, tflite_acc = accuracies(truth, keras_top), accuracies(truth, tflite_top)
     reason = ""
     if not np.isfinite(tflite_probs).all():
         reason = "the TFLite model outputs NaN or infinite values"
-    elif 100 * (keras_acc - tflite_acc) > max_drop:
-        reason = (
-            f"TFLite accuracy {tflite_acc:.4f} is {100 * (keras_acc - tflite_acc):.2f} "
-            f"points below Keras {keras_acc:.4f} (allowed: {max_drop})"
-        )
+    for name, what in (("fer2013", ""), ("ferplus", " (FER+ majority)")):
+        drop = 100 * (keras_acc.get(name, 0) - tflite_acc.get(name, 0))
+        if not reason and drop > max_drop:
+            reason = (
+                f"TFLite accuracy{what} {tflite_acc[name]:.4f} is {drop:.2f} points below "
+                f"Keras {keras_acc[name]:.4f} (allowed: {max_drop})"
+            )
+    ferplus = {}
+    if "ferplus" in truth:
+        ferplus = {
+            "n": int((truth["ferplus"] >= 0).sum()),
+            "keras_accuracy": keras_acc["ferplus"],
+            "tflite_accuracy": tflite_acc["ferplus"],
+        }
     return ExportReport(
         path=out,
         quantize=quantize,
         size_bytes=size,
-        n=len(labels),
-        keras_accuracy=keras_acc,
-        tflite_accuracy=tflite_acc,
+        n=len(val),
+        keras_accuracy=keras_acc["fer2013"],
+        tflite_accuracy=tflite_acc["fer2013"],
         agreement=float((keras_top == tflite_top).mean()),
         max_drop=max_drop,
         passed=not reason,
         reason=reason,
+        ferplus=ferplus,
     )
 
 
-def _with_qat(metadata: ModelMetadata, qat: QatRecipe, result: QatResult) -> ModelMetadata:
+def _with_qat(metadata: ModelMetadata, qat: QatRecipe, found: Candidates) -> ModelMetadata:
     provenance = dict(metadata.provenance)
     provenance["quantization_aware"] = {
         "epochs": qat.epochs,
         "learning_rate": qat.learning_rate,
-        "kept": result.kept,
-        "int8_val_accuracy": {name: round(a, 4) for name, a in result.val_accuracy.items()},
+        "kept": found.kept,
+        "int8_val": {
+            name: {k: round(v, 4) for k, v in score.items()} for name, score in found.scores.items()
+        },
     }
     return replace(metadata, provenance=provenance)
 
@@ -348,4 +411,8 @@ def _with_check(metadata: ModelMetadata, report: ExportReport) -> ModelMetadata:
         "tflite_accuracy": round(report.tflite_accuracy, 4),
         "top1_agreement": round(report.agreement, 4),
     }
+    if report.ferplus:
+        provenance["export_check"]["ferplus"] = {
+            k: round(v, 4) if isinstance(v, float) else v for k, v in report.ferplus.items()
+        }
     return replace(metadata, provenance=provenance)

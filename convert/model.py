@@ -79,7 +79,7 @@ def _backbone(
         raise ConvertError(f"unknown backbone {name!r}: expected one of {', '.join(BACKBONES)}")
     if image_size < 32:
         raise ConvertError(f"--image-size {image_size} is too small: the backbones need >= 32")
-    source = _weights_source(weights)
+    source = weights_source(weights)
     shape = (image_size, image_size, 3)
     try:
         with warnings.catch_warnings():
@@ -110,7 +110,7 @@ def _backbone(
     return base
 
 
-def _weights_source(weights: str) -> str | None:
+def weights_source(weights: str) -> str | None:
     if weights == "none":
         return None
     if weights == "imagenet":

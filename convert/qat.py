@@ -1,27 +1,29 @@
 """Quantization-aware fine-tuning: let the trained network adapt to int8 before it is converted.
 
-Why: post-training int8 of the shipped MobileNetV2 lost 1.87 val points (top-1 agreement with
-float 0.89). The rounding noise of every activation adds up over 17 blocks and flips FER2013's
-many near-ties; keeping the worst layers in float did not help. Training with the rounding
-simulated in the forward pass lets the weights and the activation ranges adapt to it.
+Why: post-training int8 of a FER network loses more than the half point allowed (the card's
+"int8" section): the rounding noise of every activation adds up over 17 blocks and flips
+FER2013's many near-ties. Training with the rounding simulated in the forward pass lets the
+weights and the activation ranges adapt to it.
 
 How: TensorFlow Model Optimization (tfmot) does the simulation, but it wraps Keras 2 (tf_keras)
 models only, while the toolchain trains with Keras 3. So the network is rebuilt by the same
 ``build_model`` in tf_keras, given the trained weights, its BatchNorms folded into the
 convolutions (as TFLite will fold them) and checked to predict what the Keras 3 model predicts,
 before anything else happens. Then: annotate every layer, learn the activation ranges on a few
-batches, fine-tune a few epochs at a low rate, and after each epoch convert to TFLite and score
-the *file* on val, the thing that ships (with BatchNorm unfolded, tfmot's simulation and the
-converted file disagreed on 6% of val faces); the mean of the epochs' weights is one more
-candidate. The best is kept, as val accuracy picks the checkpoint in training.
+batches, and fine-tune a few epochs at a low rate on the training run's own targets and
+augmentation. If the model's class prior was moved after training (``convert adjust``), the
+fine-tune's loss carries the same logit shift, so learning the targets again does not undo it.
+The candidates (the ranges alone, each epoch, the mean
+of the epochs' weights) are yielded to the caller, which converts each and keeps the file that
+scores best on val: tfmot's simulation and the converted file do not agree exactly, so the
+file is what counts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -29,88 +31,53 @@ import numpy as np
 
 from convert import ConvertError
 from convert.data import Split
+from convert.recipe import QatRecipe, Recipe
 
 if TYPE_CHECKING:
     import keras
 
 
-@dataclass(frozen=True)
-class QatRecipe:
-    """The fine-tune's numbers, measured on the shipped model (models/MODEL_CARD.md, "int8")."""
-
-    epochs: int = 3
-    # 1/20 of the last training phase's peak rate: the weights only need to move a little.
-    learning_rate: float = 1e-5
-    # tfmot tracks each activation's range with a moving average of decay 0.999 that starts at
-    # [-6, 6]: the model scored 25% on val before any pass, 16% after 50 batches at 0.99 (the
-    # 0..255 input still clipped), and after an epoch at 0.999 (449 batches) the start would
-    # still weigh 64%. A first pass at decay 0.9 with a zero rate learns the ranges (alone, the
-    # int8 file scored 0.6158-0.6194 against 0.6133 post-training); fine-tuning then tracks
-    # them at 0.99.
-    calibration_batches: int = 100
-    calibration_decay: float = 0.9
-    decay: float = 0.99
-
-
-@dataclass
-class QatResult:
-    """The kept TFLite file and what every candidate file scored on val, by name."""
-
-    content: bytes = b""
-    kept: str = ""
-    val_accuracy: dict[str, float] = field(default_factory=dict)
-
-    def offer(self, name: str, content: bytes, accuracy: float) -> None:
-        """Keep ``content`` if it beats every earlier candidate (the first one on a tie)."""
-        if not self.val_accuracy or accuracy > max(self.val_accuracy.values()):
-            self.content, self.kept = content, name
-        self.val_accuracy[name] = accuracy
-
-
-def quantization_aware_int8(
+def quantization_aware_candidates(
     model: keras.Model,
-    recipe: dict,
+    recipe: Recipe,
     train: Split,
-    val: Split,
     qat: QatRecipe,
-    convert_and_score: Callable[[keras.Model], tuple[bytes, float]],
-    say: Callable[[str], None] = lambda line: print(line, flush=True),
-) -> QatResult:
-    """Fine-tune a quantization-aware twin of ``model``; return the best candidate int8 file.
+    logit_shift: np.ndarray | None = None,
+) -> Iterator[tuple[str, keras.Model]]:
+    """Fine-tune a quantization-aware twin of ``model``; yield ``(name, model)`` candidates.
 
     Candidates: the learned ranges alone, each epoch, and the mean of the epochs' weights (a
-    low-rate trajectory's average is a flatter, steadier point than any single epoch).
-    ``recipe`` is the training run's recipe (backbone, size, label smoothing, class weights);
-    ``convert_and_score`` converts the quantization-aware model with its learned ranges and
-    rates the file on val the way the export check will.
+    low-rate trajectory's average is a flatter, steadier point than any single epoch). Each
+    yielded model is the live twin: convert it before asking for the next.
+
+    ``logit_shift``: what ``convert adjust`` added to the model's logits. The loss subtracts it
+    before comparing with the targets (a logit-adjusted loss), so the weights keep the shift:
+    fine-tuning on the plain targets pulled an adjusted model back to the targets' prior
+    within one epoch, and fine-tuning toward the float model's own predictions instead lost
+    2-4 points (the card's "int8").
     """
+    from convert.dataset import targets_for, training_batches
+
     tfmot, tf_keras = _toolkit()
-    tf_keras.utils.set_random_seed(recipe.get("seed", 0))
-    twin = fold_batch_norms(legacy_twin(model, recipe, tf_keras, val.images[:64]), tf_keras)
-    same_predictions(model, twin, val.images[:64], "the model with BatchNorm folded")
-    result = QatResult()
-
-    def candidate(name: str) -> None:
-        result.offer(name, *convert_and_score(quantized))
-        say(f"qat: {name}: int8 val accuracy {result.val_accuracy[name]:.4f}")
-
+    tf_keras.utils.set_random_seed(recipe.seed)
+    twin = fold_batch_norms(legacy_twin(model, recipe, tf_keras, train.images[:64]), tf_keras)
+    same_predictions(model, twin, train.images[:64], "the model with BatchNorm folded")
+    train_ds = training_batches(targets_for(train, recipe), recipe.batch_size, recipe.seed)
     with _range_tracking(tfmot) as decay:
         decay.value = qat.calibration_decay
         quantized = _quantize(twin, tfmot, tf_keras)
-        train_ds = _train_dataset(train, recipe)
         _calibrate_ranges(quantized, train_ds, qat.calibration_batches, tf_keras)
-        candidate("ranges only")
+        yield "ranges only", quantized
         decay.value = qat.decay
-        _compile_for_fine_tuning(quantized, qat.learning_rate, recipe, tf_keras)
-        trajectory, weights = [], _class_weights(train, recipe)
+        _compile_for_fine_tuning(quantized, qat.learning_rate, recipe, tf_keras, logit_shift)
+        trajectory = []
         for epoch in range(1, qat.epochs + 1):
-            quantized.fit(train_ds, epochs=1, class_weight=weights, verbose=2)
+            quantized.fit(train_ds, epochs=1, verbose=2)
             trajectory.append(quantized.get_weights())
-            candidate(f"epoch {epoch}/{qat.epochs}")
+            yield f"epoch {epoch}/{qat.epochs}", quantized
         if len(trajectory) > 1:
             quantized.set_weights([np.mean(ws, axis=0) for ws in zip(*trajectory, strict=True)])
-            candidate(f"mean of epochs 1-{qat.epochs}")
-    return result
+            yield f"mean of epochs 1-{qat.epochs}", quantized
 
 
 def _toolkit() -> tuple[ModuleType, ModuleType]:
@@ -134,7 +101,7 @@ def _toolkit() -> tuple[ModuleType, ModuleType]:
 
 
 def legacy_twin(
-    model: keras.Model, recipe: dict, tf_keras: ModuleType, probe: np.ndarray
+    model: keras.Model, recipe: Recipe, tf_keras: ModuleType, probe: np.ndarray
 ) -> keras.Model:
     """The trained network rebuilt in tf_keras with its weights, refused unless it agrees."""
     from convert.model import build_model
@@ -142,10 +109,10 @@ def legacy_twin(
     dropout = next((layer.rate for layer in model.layers if type(layer).__name__ == "Dropout"), 0.3)
     try:
         twin, _ = build_model(
-            recipe.get("backbone", "mobilenetv2"),
+            recipe.backbone,
             "none",
-            recipe.get("image_size", 96),
-            recipe.get("alpha", 0.35),
+            recipe.image_size,
+            recipe.alpha,
             head_units=model.get_layer("head_dense").units,
             dropout=dropout,
             api=tf_keras,
@@ -177,10 +144,9 @@ def fold_batch_norms(model: keras.Model, tf_keras: ModuleType) -> keras.Model:
     """The same function with every BatchNormalization folded into the convolution before it.
 
     TFLite folds them at conversion; tfmot's simulation does not (it quantizes the unfolded
-    kernel, and in training BatchNorm uses batch statistics): with BatchNorm in place the
-    simulated model and the converted file disagreed on 6% of val faces, and fine-tuning made
-    the file worse (0.6105, 0.6052 after 1 and 2 epochs, against 0.6133 post-training). Folded
-    first, what is simulated is what will run.
+    kernel, and in training BatchNorm uses batch statistics), so with BatchNorm in place the
+    fine-tune optimised a network other than the one converted and made the file worse (the
+    card's "int8" section). Folded first, what is simulated is what will run.
     """
     layers = tf_keras.layers
     inputs = tf_keras.Input(model.input_shape[1:], name=model.layers[0].name)
@@ -302,29 +268,29 @@ def _quantize(twin: keras.Model, tfmot: ModuleType, tf_keras: ModuleType) -> ker
         return quantization.quantize_apply(annotated)
 
 
-def _train_dataset(train: Split, recipe: dict) -> object:
-    from convert.train import augmentation, make_dataset
-
-    return make_dataset(train, recipe.get("batch_size", 64), augmentation(), recipe.get("seed", 0))
-
-
 def _compile_for_fine_tuning(
-    quantized: keras.Model, learning_rate: float, recipe: dict, tf_keras: ModuleType
+    quantized: keras.Model,
+    learning_rate: float,
+    recipe: Recipe,
+    tf_keras: ModuleType,
+    logit_shift: np.ndarray | None,
 ) -> None:
-    """The training run's loss (label smoothing included) at the fine-tune's low rate."""
+    """The training run's loss (label smoothing included) at the fine-tune's low rate, on the
+    logits without ``logit_shift`` (Menon et al.'s logit-adjusted loss)."""
+    import tensorflow as tf
+
+    smoothing = recipe.label_smoothing
+    shift = tf.constant(np.zeros(7) if logit_shift is None else logit_shift, tf.float32)
+
+    def loss(targets: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
+        logits = tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0)) - shift
+        return tf_keras.losses.categorical_crossentropy(
+            targets, logits, from_logits=True, label_smoothing=smoothing
+        )
+
     quantized.compile(
-        optimizer=tf_keras.optimizers.Adam(learning_rate),
-        loss=tf_keras.losses.CategoricalCrossentropy(
-            label_smoothing=recipe.get("label_smoothing", 0.1)
-        ),
-        metrics=["accuracy"],
+        optimizer=tf_keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"]
     )
-
-
-def _class_weights(train: Split, recipe: dict) -> dict[int, float]:
-    from convert.train import class_weights
-
-    return class_weights(train.class_counts(), recipe.get("class_weight_power", 0.5))
 
 
 def _calibrate_ranges(

@@ -1,7 +1,7 @@
-"""Transfer learning on FER2013: load, augment, build, fit (head, then whole network), log.
+"""Transfer learning on FER2013: load, label, augment, build, fit (head, then whole network), log.
 
 Reads like a Keras example on purpose: each step is one short function, and every number that
-took measuring lives in ``Recipe`` with the reason next to it.
+took measuring lives in ``convert.recipe.Recipe`` with the reason next to it.
 """
 
 from __future__ import annotations
@@ -17,44 +17,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import layers
 
 from convert import EMOTIONS, ConvertError
-from convert.data import Split, load_split
-from convert.model import build_model
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Hyperparameters of a training run; the defaults are the shipped model's recipe."""
-
-    backbone: str = "mobilenetv2"
-    weights: str = "imagenet"
-    alpha: float = 0.35
-    # 96 px: the 48-px faces upscaled 2x give MobileNetV2 a 3x3 final feature map; measured on
-    # 2 CPU cores it trains ~8x faster than 224 px (README, "Choosing the input size").
-    image_size: int = 96
-    batch_size: int = 64
-    # Phase 1 trains only the new head, so its random gradients do not wreck ImageNet features.
-    head_epochs: int = 2
-    head_learning_rate: float = 1e-3
-    # Phase 2 fine-tunes everything at a lower rate; early stopping usually ends it sooner.
-    epochs: int = 30
-    learning_rate: float = 5e-4
-    weight_decay: float = 1e-4
-    # Halve the rate after 2 flat validation epochs, stop after 6, keep the best val checkpoint.
-    lr_patience: int = 2
-    patience: int = 6
-    # "plateau" halves the rate on stalls and stops early; "cosine" decays it to zero over exactly
-    # ``epochs`` with no early stop: for a fixed CPU budget (continuing a run with ``init``) the
-    # whole budget is spent and the last, lowest-rate epochs are usually the best.
-    schedule: str = "plateau"
-    # FER2013 has ambiguous and wrong labels: soften the targets a little.
-    label_smoothing: float = 0.1
-    # Class weights (N / (K * n_c)) ** power: 1 balances fully (disgust is 1.5% of train) but
-    # costs overall accuracy; 0.5 lifts rare classes while keeping the majority ones.
-    class_weight_power: float = 0.5
-    seed: int = 1337
+from convert.data import Split, is_class_folder, load_split
+from convert.dataset import Targets, faces, targets_for, training_batches
+from convert.distill import teacher_predictions
+from convert.labels import accuracies, labellings, selection_score, training_targets
+from convert.model import build_model, weights_source
+from convert.recipe import Recipe
 
 
 @dataclass
@@ -64,33 +34,51 @@ class RunLog:
     recipe: dict
     data: dict
     epochs: list[dict] = field(default_factory=list)
-    best_val_accuracy: float = 0.0
+    best_val_score: float = 0.0
     finished: bool = False
+
+    @property
+    def best_epoch(self) -> dict:
+        return max(self.epochs, key=lambda e: e["val_score"], default={})
 
 
 def train(
-    data: str, val_data: str | None, out: Path, recipe: Recipe, init: Path | None = None
+    data: str,
+    val_data: str | None,
+    out: Path,
+    recipe: Recipe,
+    init: Path | None = None,
+    votes: str | None = None,
+    teachers: tuple[Path, ...] = (),
 ) -> RunLog:
     """The whole run; resumes from ``<out>.backup/`` if an earlier run was interrupted.
 
     ``init`` starts from the weights of an earlier run's model (same backbone and size), so a
-    CPU budget can be spent in steps instead of one run of many hours.
+    CPU budget can be spent in steps instead of one run of many hours. ``teachers``: models
+    whose predictions are mixed into the targets (distillation, ``convert.distill``).
     """
     keras.utils.set_random_seed(recipe.seed)
-    train_split, val_split = load_data(data, val_data)
-    train_ds = make_dataset(train_split, recipe.batch_size, augmentation(), recipe.seed)
-    val_ds = make_dataset(val_split, recipe.batch_size)
+    weights_source(recipe.weights)  # a missing weights file is said before minutes of loading
+    train_split, val_split = load_data(data, val_data, votes, recipe)
+    teacher = teacher_predictions(list(teachers), train_split) if teachers else None
+    targets = targets_for(train_split, recipe, teacher)
+    if targets.left_out:
+        print(
+            f"{targets.left_out} training faces without FER+ votes for the seven emotions "
+            "(not faces to FER+) are left out",
+            flush=True,
+        )
+    train_ds = training_batches(targets, recipe.batch_size, recipe.seed)
     model, backbone = build_model(recipe.backbone, recipe.weights, recipe.image_size, recipe.alpha)
     if init is not None:
         load_weights(model, init)
-    log = start_log(out, recipe, data, val_data, train_split, val_split, init)
-    weights = class_weights(train_split.class_counts(), recipe.class_weight_power)
+    log = start_log(out, recipe, data, val_data, train_split, val_split, init, targets, teachers)
     checkpoint = keras.callbacks.ModelCheckpoint(
-        out, monitor="val_accuracy", mode="max", save_best_only=True
+        out, monitor="val_score", mode="max", save_best_only=True
     )
-    checkpoint.best = log.best_val_accuracy or checkpoint.best
+    checkpoint.best = log.best_val_score or checkpoint.best
 
-    fit = Fit(model, train_ds, val_ds, weights, recipe, out, log)
+    fit = Fit(model, train_ds, Validation(val_split, recipe), recipe, out, log)
     backbone.trainable = False
     # A random backbone has no features worth protecting: from scratch, everything trains at once.
     head_epochs = 0 if recipe.weights == "none" else recipe.head_epochs
@@ -129,74 +117,53 @@ def load_weights(model: keras.Model, path: Path) -> None:
         ) from None
 
 
-def load_data(data: str, val_data: str | None) -> tuple[Split, Split]:
-    train_split = load_split(data, "Training")
-    val_split = load_split(val_data or data, "PublicTest")
+def load_data(
+    data: str, val_data: str | None, votes: str | None, recipe: Recipe
+) -> tuple[Split, Split]:
+    """Train and val splits; a single folder of emotion folders has no val split of its own, and
+    validating on the training faces would choose checkpoints by memorisation: refused."""
+    if val_data is None and is_class_folder(Path(data)):
+        raise ConvertError(
+            f"{data}: a folder of emotion folders holds one split only, so there is nothing to "
+            "validate on: pass --val-data with a separate folder (FER2013's PublicTest)"
+        )
+    train_split = load_split(data, "Training", votes)
+    val_split = load_split(val_data or data, "PublicTest", votes)
     missing = [EMOTIONS[i] for i, n in enumerate(train_split.class_counts()) if n == 0]
     if missing:
         raise ConvertError(f"{train_split.source}: no training images for {', '.join(missing)}")
-    return train_split, val_split
-
-
-def augmentation() -> keras.Sequential:
-    """Faces are near-frontal and mirror-symmetric: small geometric and photometric jitter."""
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal"),
-            layers.RandomRotation(0.04, fill_mode="nearest"),  # +-15 degrees
-            layers.RandomZoom(0.1, fill_mode="nearest"),
-            layers.RandomTranslation(0.08, 0.08, fill_mode="nearest"),
-            layers.RandomContrast(0.3),
-            layers.RandomBrightness(0.2, value_range=(0, 255)),
-            # Hides part of the face, as hands, glasses and masks do in the field.
-            layers.RandomErasing(factor=0.5, scale=(0.02, 0.15), value_range=(0, 255)),
-        ],
-        name="augmentation",
-    )
-
-
-def make_dataset(
-    split: Split, batch_size: int, augment: keras.Sequential | None = None, seed: int = 0
-) -> tf.data.Dataset:
-    images = split.images[..., np.newaxis].astype(np.float32)
-    labels = keras.utils.to_categorical(split.labels, len(EMOTIONS))
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    if augment is not None:
-        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if augment is not None:
-        ds = ds.map(
-            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+    if recipe.uses_votes and train_split.votes is None:
+        raise ConvertError(
+            f"--labels {recipe.labels} learns from FER+ votes, but none were found for "
+            f"{train_split.source}: pass --votes FILE (ferplus.csv, or Microsoft's "
+            "fer2013new.csv for a fer2013.csv), or --labels fer2013 to learn FER2013's labels alone"
         )
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def class_weights(counts: np.ndarray, power: float) -> dict[int, float]:
-    """Inverse-frequency weights to ``power``, scaled so the average sample weighs 1."""
-    present = np.maximum(counts, 1)
-    weights = (counts.sum() / (len(counts) * present)) ** power
-    weights /= (weights * counts).sum() / counts.sum()
-    return {i: float(w) for i, w in enumerate(weights)}
+    if recipe.uses_votes and val_split.votes is None:
+        raise ConvertError(
+            f"--labels {recipe.labels} chooses checkpoints by FER+ accuracy on val, but no votes "
+            f"were found for {val_split.source}: pass --votes FILE, or --labels fer2013 to learn "
+            "FER2013's labels alone"
+        )
+    return train_split, val_split
 
 
 def validation_schedule(recipe: Recipe) -> list[keras.callbacks.Callback]:
     """Halve the rate when val accuracy stalls, stop when it stops improving."""
     return [
         keras.callbacks.ReduceLROnPlateau(
-            monitor="val_accuracy", mode="max", factor=0.5, patience=recipe.lr_patience, min_lr=1e-6
+            monitor="val_score", mode="max", factor=0.5, patience=recipe.lr_patience, min_lr=1e-6
         ),
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=recipe.patience),
+        keras.callbacks.EarlyStopping(monitor="val_score", mode="max", patience=recipe.patience),
     ]
 
 
 @dataclass
 class Fit:
-    """What the training phases share: model, data, class weights, recipe and the run log."""
+    """What the training phases share: model, data, validation, recipe and the run log."""
 
     model: keras.Model
     train_ds: tf.data.Dataset
-    val_ds: tf.data.Dataset
-    weights: dict[int, float]
+    validation: Validation
     recipe: Recipe
     out: Path
     log: RunLog
@@ -223,17 +190,46 @@ class Fit:
         backup = keras.callbacks.BackupAndRestore(os.fspath(self.out.with_suffix(".backup") / name))
         self.model.fit(
             self.train_ds,
-            validation_data=self.val_ds,
             initial_epoch=first_epoch,
             epochs=end_epoch,
-            class_weight=self.weights,
-            callbacks=[backup, EpochLog(name, self.out, log), *callbacks],
+            # Validation first: the log, the checkpoint and the schedule read its val_score.
+            callbacks=[self.validation, backup, EpochLog(name, self.out, log), *callbacks],
             shuffle=False,  # the dataset shuffles itself
             verbose=1 if sys.stdout.isatty() else 2,
         )
         if log.epochs and log.epochs[-1]["phase"] == name:
             log.epochs[-1]["last"] = True
             write_log(self.out, log)
+
+
+class Validation(keras.callbacks.Callback):
+    """Scores val after each epoch under both labellings, and the recipe's mix of them.
+
+    Keras' own validation knows one target per face; checkpoints here are chosen by the
+    accuracy the product is judged by: the FER2013 label, the FER+ majority, or the recipe's
+    weighting of the two (``val_score``). ``val_loss`` is the cross-entropy against the
+    recipe's own targets.
+    """
+
+    def __init__(self, split: Split, recipe: Recipe) -> None:
+        super().__init__()
+        self.faces = faces(split.images)
+        self.truth = labellings(split.labels, split.votes)
+        self.targets, self.usable = training_targets(
+            split.labels, split.votes, recipe.labels, recipe.ferplus_weight
+        )
+        self.weight = recipe.selection_weight
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        probs = self.model.predict(self.faces, batch_size=256, verbose=0)
+        found = accuracies(self.truth, probs.argmax(axis=1))
+        clipped = np.clip(probs[self.usable], 1e-7, 1.0)
+        if logs is not None:
+            logs["val_loss"] = float(-(self.targets[self.usable] * np.log(clipped)).sum(1).mean())
+            logs["val_accuracy"] = found["fer2013"]
+            if "ferplus" in found:
+                logs["val_ferplus_accuracy"] = found["ferplus"]
+            logs["val_score"] = selection_score(found, self.weight)
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -269,7 +265,7 @@ class EpochLog(keras.callbacks.Callback):
             "images_per_second": round(images / max(self.batch_seconds, 1e-9), 1),
         }
         self.log.epochs = [e for e in self.log.epochs if e["epoch"] != epoch + 1] + [entry]
-        self.log.best_val_accuracy = max(self.log.best_val_accuracy, entry["val_accuracy"])
+        self.log.best_val_score = max(self.log.best_val_score, entry["val_score"])
         write_log(self.out, self.log)
 
 
@@ -288,7 +284,9 @@ def start_log(
     val_data: str | None,
     train_split: Split,
     val_split: Split,
-    init: Path | None = None,
+    init: Path | None,
+    targets: Targets,
+    teachers: tuple[Path, ...],
 ) -> RunLog:
     """A new log, or the interrupted run's log when its backup is still there to resume."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -301,14 +299,18 @@ def start_log(
     record = {
         "path": data,
         "val_path": val_data,
+        "votes": train_split.votes_source or None,
         "train": train_split.source,
         "val": val_split.source,
-        "train_count": len(train_split),
+        "train_count": len(targets),
+        "train_left_out": targets.left_out,
         "val_count": len(val_split),
         "train_class_counts": train_split.class_counts().tolist(),
         "labels": list(EMOTIONS),
-        # The earlier model this run continued from (--init): part of how the result was made.
+        # The earlier model this run continued from (--init) and the teachers it learned from:
+        # part of how the result was made.
         "init": str(init) if init else None,
+        "teachers": [str(t) for t in teachers],
     }
     return RunLog(recipe=asdict(recipe), data=record)
 
@@ -329,9 +331,18 @@ def plot_curves(log: RunLog, path: Path) -> None:
 
     epochs = [e["epoch"] for e in log.epochs]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
-        ax.plot(epochs, [e[metric] for e in log.epochs], label="train (augmented)")
-        ax.plot(epochs, [e[f"val_{metric}"] for e in log.epochs], label="val")
+    series = {
+        "accuracy": [
+            ("accuracy", "train (augmented, own targets)"),
+            ("val_accuracy", "val, FER2013 labels"),
+            ("val_ferplus_accuracy", "val, FER+ majority"),
+        ],
+        "loss": [("loss", "train (augmented)"), ("val_loss", "val")],
+    }
+    for ax, (metric, lines) in zip(axes, series.items(), strict=True):
+        for key, label in lines:
+            if all(key in e for e in log.epochs):
+                ax.plot(epochs, [e[key] for e in log.epochs], label=label)
         finetune = [e["epoch"] for e in log.epochs if e["phase"] == "finetune"]
         if finetune:
             ax.axvline(finetune[0] - 0.5, color="gray", linestyle=":", label="fine-tune starts")

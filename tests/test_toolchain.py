@@ -14,6 +14,8 @@ from convert import EMOTIONS
 from edge.emotions import EmotionClassifier
 
 TINY = ("--image-size", "32", "--batch-size", "32", "--head-epochs", "1", "--epochs", "1")
+# The sample CSV has no FER+ votes: its runs learn FER2013's labels (test_ferplus: the votes).
+CSV_LABELS = ("--labels", "fer2013")
 # A model trained for two tiny epochs is near chance: one face of 70 flipping by rounding is 1.4
 # points, so these plumbing tests lift the accuracy gate, which test_export_check tests for real.
 ANY_DROP = ("--max-drop", "100")
@@ -24,8 +26,9 @@ def trained(tmp_path_factory) -> Path:
     """A MobileNetV2 trained for two tiny epochs from the local ImageNet weights file."""
     out = tmp_path_factory.mktemp("train") / "tiny.keras"
     result = run_cli(
-        "convert", "train", "--data", SAMPLE_CSV, "--weights", MNV2_WEIGHTS, "--out", out, *TINY
-    )
+        "convert", "train", "--data", SAMPLE_CSV, "--weights", MNV2_WEIGHTS, "--out", out, *TINY,
+        *CSV_LABELS,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
@@ -88,7 +91,7 @@ def test_quantization_aware_export_keeps_the_int8_file_that_scored_best(trained:
         True,
     )
     qat, check = meta["provenance"]["quantization_aware"], meta["provenance"]["export_check"]
-    scores = qat["int8_val_accuracy"]
+    scores = {name: score["score"] for name, score in qat["int8_val"].items()}
     assert list(scores) == ["ranges only", "epoch 1/2", "epoch 2/2", "mean of epochs 1-2"]
     assert scores[qat["kept"]] == max(scores.values())
     # Compared with the float model as trained (not the fine-tuned copy), mirrored faces included.
@@ -158,6 +161,7 @@ def test_resnet50_trains_from_scratch_and_exports(tmp_path: Path):
         "--out",
         out,
         *TINY,
+        *CSV_LABELS,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     tflite = tmp_path / "resnet-int8.tflite"
@@ -187,6 +191,7 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
             "--out",
             tmp_path / "m.keras",
             *TINY,
+            *CSV_LABELS,
         )
     finally:
         for key in env:
@@ -272,6 +277,7 @@ def test_a_run_continues_from_an_earlier_model_with_a_cosine_schedule(trained: P
         "2",
         "--out",
         out,
+        *CSV_LABELS,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads(out.with_suffix(".history.json").read_text())
@@ -303,6 +309,7 @@ def test_init_from_a_model_of_another_architecture_is_refused(trained: Path, tmp
         "--out",
         tmp_path / "r.keras",
         *TINY,
+        *CSV_LABELS,
     )
     assert result.returncode == 2
     assert f"--init {trained}: does not fit" in result.stderr

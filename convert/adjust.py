@@ -1,0 +1,102 @@
+"""Move a trained model's class prior toward the FER2013 labels' (logit adjustment), on val.
+
+A network trained on targets learns their class prior along with the faces: one trained on FER+
+votes has learned that a third of faces are neutral and hardly any show fear, which is what most
+people answer for FER2013's ambiguous web faces, but not for posed or clear expressions of
+other data, where every emotion is common. Adding ``strength * log(prior_to / prior_trained)``
+to the logits (Menon et al. 2021, "Long-tail learning via logit adjustment") moves the decision
+toward another prior without retraining: 0 keeps the model as trained, 1 swaps the prior
+entirely. The shift goes into the bias of the final dense layer, so the exported file carries
+it and the daemon needs nothing new; val accuracy under both labellings is printed so the
+strength can be chosen on val.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from convert import EMOTIONS, ConvertError
+from convert.data import load_split
+from convert.labels import accuracies, expected_counts, labellings, training_targets
+from convert.recipe import Recipe
+
+PRIORS = ("fer2013", "ferplus")
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    toward: str
+    strength: float
+    shift: tuple[float, ...]  # added to the logits, in EMOTIONS order
+    val_accuracy: dict[str, float]
+
+
+def adjust(model_path: Path, out: Path, toward: str, strength: float) -> Adjustment:
+    """Write ``out``: the model with its logits shifted, and a training log that says so."""
+    from convert.export import keras_predict, load_keras_model, training_record
+
+    if out.suffix != ".keras":
+        raise ConvertError(f"--out {out}: the model file must end in .keras")
+    if toward not in PRIORS:
+        raise ConvertError(f"--toward {toward}: expected one of {', '.join(PRIORS)}")
+    if not 0.0 <= strength <= 1.0:
+        raise ConvertError(f"--strength {strength}: must be in 0..1")
+    model = load_keras_model(model_path)
+    history = training_record(model_path)
+    record = history.get("data", {})
+    if not record.get("path"):
+        raise ConvertError(f"{model_path}: no training record (made by `convert train`?)")
+    recipe = Recipe.from_record(history.get("recipe", {}))
+    train = load_split(record["path"], "Training", record.get("votes"))
+    trained = class_shares(train.labels, train.votes, recipe.labels, recipe.ferplus_weight)
+    wanted = class_shares(train.labels, train.votes, toward, 1.0)
+    shift = strength * np.log(wanted / trained)
+    _shift_logits(model, shift)
+
+    val = load_split(record.get("val_path") or record["path"], "PublicTest", record.get("votes"))
+    probs = keras_predict(model, val.images, flip=False)
+    found = accuracies(labellings(val.labels, val.votes), probs.argmax(1))
+    result = Adjustment(toward, strength, tuple(float(s) for s in shift), found)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    history["adjusted"] = {
+        "from": str(model_path),
+        "toward": toward,
+        "strength": strength,
+        "logit_shift": dict(zip(EMOTIONS, (round(s, 4) for s in result.shift), strict=True)),
+        "val_accuracy": {k: round(v, 4) for k, v in found.items()},
+    }
+    out.with_suffix(".history.json").write_text(json.dumps(history, indent=1))
+    curves = model_path.with_suffix(".curves.png")
+    if curves.is_file():
+        shutil.copyfile(curves, out.with_suffix(".curves.png"))
+    return result
+
+
+def class_shares(
+    labels: np.ndarray, votes: np.ndarray | None, kind: str, ferplus_weight: float
+) -> np.ndarray:
+    """The share of each class in the targets of ``kind`` over the training faces."""
+    try:
+        targets, usable = training_targets(labels, votes, kind, ferplus_weight)
+    except ValueError:
+        raise ConvertError(f"the {kind} prior needs the FER+ votes of the training data") from None
+    counts = expected_counts(targets[usable])
+    return np.maximum(counts, 1e-6) / counts.sum()
+
+
+def _shift_logits(model: object, shift: np.ndarray) -> None:
+    """Add ``shift`` to the bias of the final softmax layer (``emotion``, from build_model)."""
+    try:
+        layer = model.get_layer("emotion")
+        kernel, bias = layer.get_weights()
+    except ValueError:
+        raise ConvertError(
+            "the model has no final dense layer named 'emotion' (not made by `convert train`?)"
+        ) from None
+    layer.set_weights([kernel, (bias + shift).astype(bias.dtype)])

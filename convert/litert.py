@@ -1,0 +1,44 @@
+"""Running a TFLite file the way the daemon does, from a process that has TensorFlow loaded.
+
+LiteRT and TensorFlow each bundle their own TFLite runtime; with both loaded in one process the
+interpreter aborted (SIGABRT) now and then. The daemon never loads TensorFlow, so the toolchain
+runs every TFLite file in a fresh process without it, through the daemon's own classifier.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from convert import ConvertError
+
+BATCH = 256
+T = TypeVar("T")
+
+
+def in_litert_process(function: Callable[..., T], *args: object) -> T:
+    """Run ``function(*args)`` in a fresh process without TensorFlow."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        try:
+            return pool.submit(function, *args).result()
+        except BrokenProcessPool:
+            raise ConvertError("the LiteRT interpreter crashed while running the model") from None
+
+
+def predict_tflite(path: Path, images: np.ndarray) -> np.ndarray:
+    """Probabilities for (N, 48, 48) uint8 faces, as the daemon computes them (its metadata's
+    test-time flip included)."""
+    from edge.emotions import EmotionClassifier
+
+    classifier = EmotionClassifier(path, num_threads=2)
+    chunks = [
+        classifier.predict_prepared(images[i : i + BATCH]) for i in range(0, len(images), BATCH)
+    ]
+    return np.concatenate(chunks)

@@ -1,0 +1,103 @@
+"""The numbers of a training run and of the quantization-aware fine-tune, with the reasons.
+
+No TensorFlow here: the command line (every ``--help`` included), ``convert evaluate`` on a
+``.tflite`` (which runs LiteRT and must not load TensorFlow's own TFLite runtime beside it) and
+the export's reading of a training log all need the recipe without paying for TensorFlow.
+Measurements behind the numbers are in ``models/MODEL_CARD.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+LABELS = ("fer2013", "ferplus", "mix")
+"""What the network learns to predict (``convert.labels`` builds the targets):
+
+- ``fer2013``: each image's FER2013 label (one annotator), one-hot;
+- ``ferplus``: the distribution of the ten FER+ votes over the seven emotions;
+- ``mix``: ``ferplus_weight`` x the FER+ distribution + the rest x the FER2013 label.
+"""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Hyperparameters of a training run; the defaults are the shipped model's recipe."""
+
+    backbone: str = "mobilenetv2"
+    weights: str = "imagenet"
+    alpha: float = 0.35
+    # 96 px: the 48-px faces upscaled 2x give MobileNetV2 a 3x3 final feature map; measured on
+    # 2 CPU cores it trains ~8x faster than 224 px (README, "Choosing the input size").
+    image_size: int = 96
+    batch_size: int = 64
+    # Phase 1 trains only the new head, so its random gradients do not wreck ImageNet features.
+    head_epochs: int = 2
+    head_learning_rate: float = 1e-3
+    # Phase 2 fine-tunes everything at a lower rate; early stopping usually ends it sooner.
+    epochs: int = 30
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-4
+    # Halve the rate after 2 flat validation epochs, stop after 6, keep the best val checkpoint.
+    lr_patience: int = 2
+    patience: int = 6
+    # "plateau" halves the rate on stalls and stops early; "cosine" decays it to zero over exactly
+    # ``epochs`` with no early stop: for a fixed CPU budget (continuing a run with ``init``) the
+    # whole budget is spent and the last, lowest-rate epochs are usually the best.
+    schedule: str = "plateau"
+    # The targets (LABELS above). The two labellings disagree on a third of the faces, so the
+    # weight of the FER+ votes trades FER+ accuracy against FER2013 accuracy; checkpoints are
+    # chosen on val by the same weighting of the two accuracies.
+    labels: str = "mix"
+    ferplus_weight: float = 0.5
+    # With --teacher: the share of the teacher's predictions in the targets (distillation).
+    teacher_weight: float = 0.5
+    # One annotator's label is often wrong: soften the targets a little. Vote distributions are
+    # soft already, but a unanimous one is one-hot again, so smoothing applies to every target.
+    label_smoothing: float = 0.1
+    # Class weights (N / (K * n_c)) ** power, n_c the expected count of class c under the targets:
+    # 1 balances fully (disgust is 1.5% of FER2013 train, 0.7% of the FER+ majority) but costs
+    # overall accuracy; 0.5 lifts rare classes while keeping the majority ones.
+    class_weight_power: float = 0.5
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        from convert import ConvertError
+
+        if self.labels not in LABELS:
+            raise ConvertError(f"--labels {self.labels}: expected one of {', '.join(LABELS)}")
+        for name in ("ferplus_weight", "teacher_weight", "label_smoothing"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ConvertError(f"--{name.replace('_', '-')} {value}: must be in 0..1")
+
+    @property
+    def uses_votes(self) -> bool:
+        return self.labels != "fer2013"
+
+    @property
+    def selection_weight(self) -> float:
+        """Weight of FER+ accuracy (the rest: FER2013's) in the val score that picks checkpoints."""
+        return {"fer2013": 0.0, "ferplus": 1.0}.get(self.labels, self.ferplus_weight)
+
+    @classmethod
+    def from_record(cls, record: dict) -> Recipe:
+        """The recipe a training log recorded; keys of other versions are ignored, keys missing
+        from older logs take the defaults of a FER2013-only run, which is what made them."""
+        known = {f.name: f for f in fields(cls)}
+        values = {"labels": "fer2013"} | {k: v for k, v in record.items() if k in known}
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class QatRecipe:
+    """The quantization-aware fine-tune's numbers (``convert export --qat-epochs``)."""
+
+    epochs: int = 3
+    # 1/20 of the last training phase's peak rate: the weights only need to move a little.
+    learning_rate: float = 1e-5
+    # tfmot tracks each activation's range with a moving average of decay 0.999 that starts at
+    # [-6, 6], which still clips the 0..255 input after an epoch. A first pass at decay 0.9
+    # with a zero rate learns the ranges; fine-tuning then tracks them at 0.99.
+    calibration_batches: int = 100
+    calibration_decay: float = 0.9
+    decay: float = 0.99

@@ -1,0 +1,314 @@
+"""Ten human votes per face: training on them, scoring against them, and distillation.
+
+A small copy of the real data (FER2013 images with their real FER+ rows) keeps these runs short;
+the full val split checks the scoring rule itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import FER, MNV2_WEIGHTS, SAMPLE_CSV, run_cli
+
+from convert import EMOTIONS
+
+TINY = ("--image-size", "32", "--batch-size", "32", "--head-epochs", "1", "--epochs", "1")
+ANY_DROP = ("--max-drop", "100")
+VOTES = FER / "ferplus" / "ferplus.csv"
+
+
+def _clear_majority_votes() -> dict[str, list[str]]:
+    """FER+ rows whose single top vote is one of the seven emotions (the first seven columns)."""
+    with VOTES.open(newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    clear = {}
+    for row in rows:
+        counts = [int(c) for c in row[1:]]
+        top = max(counts)
+        if counts.count(top) == 1 and counts.index(top) < 7:
+            clear[row[0]] = row
+    return clear
+
+
+def _has_votes() -> set[str]:
+    with VOTES.open(newline="") as handle:
+        return {row[0] for row in csv.reader(handle)}
+
+
+@pytest.fixture(scope="module")
+def small_fer(tmp_path_factory) -> Path:
+    """train/ (24 faces per class) and val/ (10 per class) copied from FER2013 with their FER+
+    rows in ferplus/ferplus.csv; in each split one face FER+ dropped as not a face (no row)."""
+    root = tmp_path_factory.mktemp("fer") / "fer2013"
+    votes, any_votes = _clear_majority_votes(), _has_votes()
+    rows = []
+    for split, per_class in (("train", 24), ("val", 10)):
+        for emotion in EMOTIONS:
+            files = sorted((FER / split / emotion).iterdir())
+            with_votes = [f for f in files if f"{split}/{emotion}/{f.name}" in votes]
+            (root / split / emotion).mkdir(parents=True)
+            for f in with_votes[:per_class]:
+                shutil.copyfile(f, root / split / emotion / f.name)
+                rows.append(votes[f"{split}/{emotion}/{f.name}"])
+        no_votes = next(
+            f
+            for f in sorted((FER / split / "sad").iterdir())
+            if f"{split}/sad/{f.name}" not in any_votes
+        )
+        shutil.copyfile(no_votes, root / split / "sad" / no_votes.name)
+    (root / "ferplus").mkdir()
+    with (root / "ferplus" / "ferplus.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(next(csv.reader(VOTES.open())))
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained_on_votes(small_fer: Path) -> Path:
+    out = small_fer.parent / "votes.keras"
+    result = run_cli(
+        "convert", "train", "--data", small_fer, "--weights", MNV2_WEIGHTS,
+        "--labels", "mix", "--ferplus-weight", "0.7", "--out", out, *TINY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 training faces without FER+ votes" in result.stdout
+    return out
+
+
+def test_training_on_votes_chooses_checkpoints_by_both_labellings(trained_on_votes: Path):
+    history = json.loads(trained_on_votes.with_suffix(".history.json").read_text())
+    assert history["recipe"]["labels"] == "mix" and history["recipe"]["ferplus_weight"] == 0.7
+    assert history["data"]["train_count"] == 7 * 24 and history["data"]["train_left_out"] == 1
+    assert history["data"]["votes"].endswith("ferplus/ferplus.csv")
+    for epoch in history["epochs"]:
+        expected = 0.7 * epoch["val_ferplus_accuracy"] + 0.3 * epoch["val_accuracy"]
+        assert epoch["val_score"] == pytest.approx(expected)
+    assert history["best_val_score"] == max(e["val_score"] for e in history["epochs"])
+
+
+def test_the_export_check_scores_both_labellings(trained_on_votes: Path):
+    out = trained_on_votes.with_name("votes-int8.tflite")
+    result = run_cli(
+        "convert", "export", "--model", trained_on_votes, "--out", out, *ANY_DROP
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FER+ majority (70 faces)" in result.stdout
+    check = json.loads(out.with_suffix(".json").read_text())["provenance"]["export_check"]
+    assert check["val_faces"] == 71 and check["ferplus"]["n"] == 70
+    trained_on = json.loads(out.with_suffix(".json").read_text())["provenance"]["trained_on"]
+    assert trained_on["labels"] == "mix" and trained_on["ferplus_weight"] == 0.7
+
+
+def test_export_data_chooses_the_split_the_check_runs_on(trained_on_votes: Path, tmp_path):
+    """`--data` names the check's faces even though the training log names others."""
+    out = tmp_path / "csv.tflite"
+    result = run_cli(
+        "convert", "export", "--model", trained_on_votes, "--data", SAMPLE_CSV, "--out", out,
+        *ANY_DROP,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = json.loads(out.with_suffix(".json").read_text())["provenance"]["export_check"]
+    assert check["val_faces"] == 70 and "ferplus" not in check  # the CSV's PublicTest rows
+
+
+def test_evaluate_scores_the_fer_plus_majority_and_says_how_many_were_left_out(
+    trained_on_votes: Path,
+):
+    """On the real val split: 3,372 of 3,589 faces have a single top vote among the seven."""
+    result = run_cli(
+        "convert", "evaluate", "--model", trained_on_votes, "--data", FER / "val", "--json",
+        "--latency-faces", "5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = result.json()
+    assert report["n"] == 3589 and report["labellings"] == ["fer2013", "ferplus"]
+    ferplus = report["ferplus"]
+    assert (ferplus["n"], ferplus["left_out"]) == (3372, 217)
+    correct = sum(ferplus["confusion"][i][i] for i in range(7))
+    assert ferplus["accuracy"] == pytest.approx(correct / 3372)
+    # The FER2013 score is untouched by the votes: every face, its folder's label.
+    assert sum(map(sum, report["confusion"])) == 3589
+
+    text = run_cli(
+        "convert", "evaluate", "--model", trained_on_votes, "--data", FER / "val",
+        "--labels", "ferplus", "--latency-faces", "5",
+    )  # fmt: skip
+    assert "3372 faces scored, 217 left out" in text.stdout
+    assert f"accuracy  {ferplus['accuracy']:.4f}" in text.stdout
+
+
+def test_a_tie_or_a_top_vote_outside_the_seven_has_no_fer_plus_label(tmp_path, trained_on_votes):
+    """Votes are matched by path: one face per rule, in a copied class folder with its own file."""
+    rules = {
+        "happy": "0,6,2,0,0,0,0,0,2,0",  # happy majority: scored
+        "angry": "4,0,0,0,4,0,0,0,2,0",  # neutral/anger tie: left out
+        "disgust": "1,0,0,0,2,3,0,4,0,0",  # contempt on top: left out
+        "fear": "0,0,3,0,0,0,2,0,5,0",  # unknown on top: left out
+    }
+    folder = tmp_path / "faces"
+    lines = ["path,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
+    for emotion, votes in rules.items():
+        source = sorted((FER / "val" / emotion).iterdir())[0]
+        (folder / emotion).mkdir(parents=True)
+        shutil.copyfile(source, folder / emotion / source.name)
+        lines.append(f"faces/{emotion}/{source.name},{votes}")
+    (tmp_path / "votes.csv").write_text("\n".join(lines) + "\n")
+    result = run_cli(
+        "convert", "evaluate", "--model", trained_on_votes, "--data", folder,
+        "--votes", tmp_path / "votes.csv", "--json", "--latency-faces", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ferplus = result.json()["ferplus"]
+    assert (ferplus["n"], ferplus["left_out"]) == (1, 3)
+    assert ferplus["per_class"]["happy"]["support"] == 1
+
+
+def test_a_teacher_s_predictions_are_learned(small_fer: Path, tmp_path: Path):
+    """Distillation: a student trained on nothing but a teacher that calls every face happy
+    calls faces happy, whatever their labels."""
+    teacher = tmp_path / "always-happy.keras"
+    inputs = keras.Input((48, 48, 1))
+    dense = keras.layers.Dense(7, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    bias = np.full(7, -5.0, np.float32)
+    bias[EMOTIONS.index("happy")] = 5.0
+    dense.set_weights([np.zeros((48 * 48, 7), np.float32), bias])
+    model.save(teacher)
+    out = tmp_path / "student.keras"
+    result = run_cli(
+        "convert", "train", "--data", small_fer, "--weights", MNV2_WEIGHTS, "--labels", "fer2013",
+        "--teacher", teacher, "--teacher-weight", "1", "--label-smoothing", "0",
+        "--class-weight-power", "0", "--learning-rate", "1e-3", "--out", out,
+        *TINY[:4], "--head-epochs", "2", "--epochs", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(out.with_suffix(".history.json").read_text())["data"]["teachers"] == [
+        str(teacher)
+    ]
+    faces = np.stack(_val_faces(small_fer))[..., np.newaxis].astype(np.float32)
+    predicted = keras.saving.load_model(out).predict(faces, verbose=0).argmax(1)
+    assert (predicted == EMOTIONS.index("happy")).mean() > 0.9
+
+
+def _val_faces(root: Path) -> list[np.ndarray]:
+    import cv2
+
+    return [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in sorted(root.glob("val/*/*.jpg"))]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("train", "--data", SAMPLE_CSV, "--labels", "mix", "--out", "x.keras"),
+            "--labels mix learns from FER+ votes, but none were found",
+        ),
+        (
+            ("train", "--data", FER / "val", "--labels", "fer2013", "--out", "x.keras"),
+            "a folder of emotion folders holds one split only",
+        ),
+        (
+            ("train", "--data", SAMPLE_CSV, "--ferplus-weight", "1.5", "--out", "x.keras"),
+            "--ferplus-weight 1.5: must be in 0..1",
+        ),
+        (
+            (
+                "evaluate",
+                "--model",
+                "models/emotion.tflite",
+                "--data",
+                SAMPLE_CSV,
+                "--labels",
+                "ferplus",
+            ),
+            "--labels ferplus: no FER+ votes found",
+        ),
+        (
+            (
+                "evaluate",
+                "--model",
+                "models/emotion.tflite",
+                "--data",
+                FER / "val",
+                "--votes",
+                SAMPLE_CSV,
+            ),
+            "needs a 'path' column",
+        ),
+        (
+            (
+                "train",
+                "--data",
+                SAMPLE_CSV,
+                "--labels",
+                "fer2013",
+                "--teacher",
+                "t.h5",
+                "--out",
+                "x.keras",
+            ),
+            "--teacher t.h5: expected an existing .keras or .tflite model",
+        ),
+    ],
+    ids=["no-votes", "no-val-split", "weight-range", "eval-no-votes", "bad-votes", "bad-teacher"],
+)
+def test_bad_input_about_labels_is_a_clear_error(args, message: str):
+    result = run_cli("convert", *args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluating_a_tflite_model_never_loads_tensorflow(tmp_path: Path):
+    """LiteRT and TensorFlow in one process can abort; `evaluate` of a .tflite and `--help`
+    import neither TensorFlow nor Keras."""
+    for args in (
+        ("evaluate", "--model", "models/emotion.tflite", "--data", SAMPLE_CSV,
+         "--latency-faces", "5"),
+        ("train", "--help"),
+    ):  # fmt: skip
+        result = run_cli("convert", *args, python_flags=("-X", "importtime"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+        assert not {"tensorflow", "keras"} & imported, args
+
+
+def test_adjusting_toward_the_fer2013_prior_calls_fewer_faces_neutral(
+    trained_on_votes: Path, small_fer: Path
+):
+    """FER+ voters call a third of the faces neutral; moving the trained prior toward FER2013's
+    labels (every emotion equally common in this copy) shifts the logits away from neutral, and
+    the exported file says how it was made."""
+    out = trained_on_votes.with_name("adjusted.keras")
+    result = run_cli(
+        "convert", "adjust", "--model", trained_on_votes, "--out", out, "--strength", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    adjusted = json.loads(out.with_suffix(".history.json").read_text())["adjusted"]
+    shift = np.array([adjusted["logit_shift"][e] for e in EMOTIONS])
+    assert shift.argmin() == EMOTIONS.index("neutral") and shift[EMOTIONS.index("neutral")] < 0
+    before = keras.saving.load_model(trained_on_votes).get_layer("emotion").get_weights()[1]
+    after = keras.saving.load_model(out).get_layer("emotion").get_weights()[1]
+    np.testing.assert_allclose(after - before, shift, atol=1e-3)
+
+    faces = np.stack(_val_faces(small_fer))[..., np.newaxis].astype(np.float32)
+    neutral = EMOTIONS.index("neutral")
+    calls = [
+        (keras.saving.load_model(m).predict(faces, verbose=0).argmax(1) == neutral).sum()
+        for m in (trained_on_votes, out)
+    ]
+    assert calls[1] <= calls[0]
+
+    tflite = out.with_suffix(".tflite")
+    result = run_cli("convert", "export", "--model", out, "--out", tflite, *ANY_DROP)
+    assert result.returncode == 0, result.stderr[-3000:]
+    provenance = json.loads(tflite.with_suffix(".json").read_text())["provenance"]
+    assert provenance["adjusted"]["toward"] == "fer2013"
+    assert provenance["adjusted"]["strength"] == 1.0
