@@ -3,9 +3,16 @@
 The runtime never imports TensorFlow: the model runs on the LiteRT interpreter.
 """
 
+import os
 import site
 import sys
 from pathlib import Path
+
+# Images larger than this are refused from their header, before decoding: a PNG of a few
+# hundred KB can claim 20000x20000 pixels (2.4 GB decoded). OpenCV reads the limit once, when
+# it loads, so it is set here, before any module of the package imports cv2.
+MAX_IMAGE_PIXELS = 50_000_000
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 
 MODEL_FILE = "emotion.tflite"
 

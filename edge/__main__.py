@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelError) as error:
         print(f"edge {args.name}: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:
+        # The reader went away (`check-config | head`): not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,6 +74,8 @@ def serve(config: EdgeConfig) -> int:
     daemon = Daemon(config)
     daemon.install_signal_handlers()
     code = daemon.run()
+    if daemon.reload_requested:
+        reload_in_place()
     if daemon.readers_alive():
         # A reader blocked inside OpenCV/FFmpeg (up to its read timeout) would be torn down by
         # interpreter finalisation, which aborts the process ("exception not rethrown"). All
@@ -77,6 +84,17 @@ def serve(config: EdgeConfig) -> int:
         sys.stdout.flush()
         os._exit(code)
     return code
+
+
+def reload_in_place() -> None:
+    """SIGHUP: everything is flushed and stopped by now; start again as the same process (same
+    PID, so systemd and other supervisors keep tracking it) with the configuration re-read. A
+    configuration that has become invalid then stops the daemon with exit code 2."""
+    logging.getLogger(__name__).info("SIGHUP: restarting with the configuration re-read")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def check_config(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge import DEFAULT_MODEL
+from edge import DEFAULT_MODEL, MAX_IMAGE_PIXELS
 from edge.emotions import EmotionClassifier
 from edge.faces import FaceDetector, crop, to_gray
 
@@ -34,7 +34,9 @@ def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
                 probs = classifier.predict([crop(gray, box) for box in boxes])
                 for box, p in zip(boxes, probs, strict=True):
                     print(line(path, index, box.as_list(), classifier.labels, p, as_json))
-        except OSError as error:
+        except BrokenPipeError:
+            raise  # the reader of our output went away: stop (edge.__main__ ends quietly)
+        except (OSError, cv2.error) as error:
             print(f"edge analyze: error: {error}", file=sys.stderr)
             failures += 1
     return 1 if failures else 0
@@ -44,9 +46,14 @@ def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
     if not path.is_file():
         raise OSError(f"{path}: no such file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        try:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        except cv2.error:  # OpenCV refuses sizes over the limit before decoding
+            raise OSError(
+                f"{path}: larger than {MAX_IMAGE_PIXELS // 10**6} megapixels, skipped"
+            ) from None
         if image is None:
-            raise OSError(f"{path}: not a readable image")
+            raise OSError(f"{path}: not a readable image, skipped")
         yield 0, image
         return
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)

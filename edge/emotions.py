@@ -7,9 +7,12 @@ module never hard-codes a second copy of the training preprocessing. No TensorFl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -195,7 +198,8 @@ def input_tensor_details(content: bytes) -> tuple[str, tuple[float, int]]:
     """(dtype name, (scale, zero_point)) of a TFLite model's input tensor."""
     from ai_edge_litert.interpreter import Interpreter
 
-    tensor = Interpreter(model_content=content).get_input_details()[0]
+    with native_stderr_silenced():
+        tensor = Interpreter(model_content=content).get_input_details()[0]
     scale, zero_point = tensor["quantization"]
     return np.dtype(tensor["dtype"]).name, (float(scale), int(zero_point))
 
@@ -204,8 +208,25 @@ def _load_interpreter(path: Path, content: bytes, num_threads: int) -> Interpret
     from ai_edge_litert.interpreter import Interpreter
 
     try:
-        interpreter = Interpreter(model_content=content, num_threads=num_threads)
-        interpreter.allocate_tensors()
+        with native_stderr_silenced():
+            interpreter = Interpreter(model_content=content, num_threads=num_threads)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         raise ModelError(f"{path}: cannot load the TFLite model: {error}") from None
     return interpreter
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """LiteRT's C++ runtime prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``
+    straight to file descriptor 2 when an interpreter is built; stderr is the daemon's log, so
+    that line is kept out of it. Errors still reach the user as the exception's message."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -5,17 +5,27 @@ on its own thread and overwrites a single slot; the analysis side takes the newe
 is ready, and every frame overwritten unseen is counted as dropped. A reader that cannot open or
 read its source releases it and reopens with capped exponential backoff, so a camera that comes
 back is picked up again without restarting the daemon, and one that is down blocks nobody.
+
+Streams and files are demuxed and decoded by FFmpeg through PyAV, not OpenCV: OpenCV's FFmpeg
+backend serialises every open behind one process-wide lock, so a camera that accepts a
+connection and never answers held every other camera's open (and reconnect) for its whole
+timeout. PyAV releases the GIL in open, read and decode and times each out with its own
+interrupt callback, so cameras are independent. Decoding is single-threaded per camera (the
+cores are shared by all cameras and the analysis), and the frame handed on is the luma plane:
+the gray image the detector needs, without a colour conversion. USB cameras stay on OpenCV's
+V4L2 backend, which takes no such lock.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
+import av
 import cv2
 import numpy as np
 
@@ -26,10 +36,14 @@ log = logging.getLogger(__name__)
 BACKOFF_START_S = 0.5
 # Capped low enough that a stream which returns is read again within 10 s (open takes ~2 s).
 BACKOFF_MAX_S = 5.0
-
-# FFmpeg options for every network stream: TCP (no UDP packet loss smearing frames), and a socket
-# timeout so a frozen server cannot block a read forever (measured: >75 s hang without it).
-os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|timeout;5000000")
+FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+LIMITED_TO_FULL = np.clip((np.arange(256) - 16) * 255 / 219 + 0.5, 0, 255).astype(np.uint8)
+# TCP: no UDP packet loss smearing frames. FFmpeg probes a stream for 5 s (analyzeduration)
+# before handing over its first frame; half a second is several frames of any camera and the
+# SDP names the codec, so an RTSP open took 0.4 s instead of 2 s here.
+STREAM_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "500000", "probesize": "100000"}
+# Pixel formats whose first plane is the 8-bit luma, i.e. the gray frame, as it is.
+LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
 
 
 @dataclass(frozen=True)
@@ -51,34 +65,119 @@ class ReaderStats:
     up: bool = False
 
 
-Opener = Callable[[CameraConfig], cv2.VideoCapture]
+class Source(Protocol):
+    """An opened camera: its frames until the source ends (returns) or fails (raises OSError)."""
+
+    pace: float  # seconds per frame to play a file at its own rate; 0 for live sources
+
+    def frames(self) -> Iterator[np.ndarray]: ...
+
+    def close(self) -> None: ...
 
 
-def open_capture(camera: CameraConfig) -> cv2.VideoCapture:
-    """Open a source with the backend and timeouts it needs; raises OSError if it won't open."""
-    if camera.kind == "usb":
-        capture = cv2.VideoCapture(camera.source, cv2.CAP_V4L2)
-    else:
-        timeouts = [
-            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-            int(camera.open_timeout_s * 1000),
-            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-            int(camera.read_timeout_s * 1000),
-        ]
-        capture = cv2.VideoCapture(str(camera.source), cv2.CAP_FFMPEG, timeouts)
-    if not capture.isOpened():
-        capture.release()
-        raise OSError(f"cannot open {camera.masked_source()}")
-    return capture
+Opener = Callable[[CameraConfig], Source]
+
+
+class FFmpegSource:
+    """A network stream or a video file, demuxed and decoded by FFmpeg (PyAV)."""
+
+    def __init__(self, camera: CameraConfig) -> None:
+        self.camera = camera
+        options = dict(STREAM_OPTIONS) if camera.kind == "stream" else {}
+        timeout = (camera.open_timeout_s, camera.read_timeout_s)
+        try:
+            self._container = av.open(str(camera.source), options=options, timeout=timeout)
+        except (av.FFmpegError, OSError, ValueError) as error:
+            raise OSError(f"cannot open {camera.masked_source()}: {_reason(error)}") from None
+        try:
+            self._stream = self._container.streams.video[0]
+            codec = self._stream.codec_context
+            codec.thread_count, codec.thread_type = 1, "NONE"
+        except (IndexError, av.FFmpegError, RuntimeError) as error:
+            self.close()
+            raise OSError(f"cannot open {camera.masked_source()}: no video ({error})") from None
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        self.pace = 0.0 if camera.kind != "file" else (1 / fps if 1 <= fps <= 240 else 1 / 25)
+
+    def frames(self) -> Iterator[np.ndarray]:
+        try:
+            for packet in self._container.demux(self._stream):
+                for frame in packet.decode():
+                    yield luma(frame)
+        except (av.FFmpegError, OSError, ValueError) as error:
+            raise OSError(f"{self.camera.masked_source()}: {_reason(error)}") from None
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def luma(frame: av.VideoFrame) -> np.ndarray:
+    """The frame as full-range 8-bit gray, from the luma plane where there is one.
+
+    Video luma is usually "limited range" (16..235); the gray that OpenCV makes from the
+    decoded colour frame, and the JPEG faces the model learnt from, span 0..255, so limited
+    luma is stretched by a lookup table (what a colour conversion would do, at a fraction of
+    its cost). Full-range (JPEG) luma is used as it is.
+    """
+    name = frame.format.name
+    if name not in LUMA_FIRST:
+        return frame.to_ndarray(format="gray")
+    plane = frame.planes[0]
+    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    if name.startswith("yuvj") or frame.color_range == FULL_RANGE:
+        return rows[:, : plane.width].copy()
+    return cv2.LUT(rows[:, : plane.width], LIMITED_TO_FULL)
+
+
+def _reason(error: Exception) -> str:
+    """FFmpeg's words without the URL (which may carry credentials) that PyAV appends."""
+    return getattr(error, "strerror", None) or type(error).__name__
+
+
+class V4l2Source:
+    """A USB camera through OpenCV's V4L2 backend."""
+
+    pace = 0.0
+
+    def __init__(self, camera: CameraConfig) -> None:
+        self.camera = camera
+        self._capture = cv2.VideoCapture(camera.source, cv2.CAP_V4L2)
+        if not self._capture.isOpened():
+            self._capture.release()
+            raise OSError(f"cannot open {camera.masked_source()}")
+
+    def frames(self) -> Iterator[np.ndarray]:
+        while True:
+            try:
+                ok, image = self._capture.read()
+            except cv2.error as error:
+                raise OSError(f"{self.camera.masked_source()}: {error}") from None
+            if not ok or image is None:
+                raise OSError(f"{self.camera.masked_source()}: read failed")
+            yield image
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+def open_source(camera: CameraConfig) -> Source:
+    """Open a camera with the backend and timeouts it needs; raises OSError if it won't open."""
+    return V4l2Source(camera) if camera.kind == "usb" else FFmpegSource(camera)
 
 
 class CameraReader:
     """Reads one camera on a daemon thread; ``latest()`` hands out the newest unseen frame."""
 
-    def __init__(self, camera: CameraConfig, opener: Opener = open_capture) -> None:
+    def __init__(
+        self,
+        camera: CameraConfig,
+        opener: Opener = open_source,
+        on_frame: Callable[[], None] = lambda: None,
+    ) -> None:
         self.camera = camera
         self.stats = ReaderStats()
-        self._opener = opener
+        self._opener, self._on_frame = opener, on_frame
         self._slot: Frame | None = None
         self._fresh = threading.Condition()
         self._stop = threading.Event()
@@ -107,33 +206,42 @@ class CameraReader:
         """True once a non-looping video file has been read to its end (or the reader stopped)."""
         return self._finished.is_set()
 
-    def latest(self, timeout: float) -> Frame | None:
+    def latest(self, timeout: float = 0.0) -> Frame | None:
         """The newest frame not handed out before, waiting up to ``timeout`` seconds for one."""
         with self._fresh:
-            if self._slot is None:
+            if self._slot is None and timeout > 0:
                 self._fresh.wait(timeout)
             frame, self._slot = self._slot, None
             return frame
+
+    @property
+    def has_frame(self) -> bool:
+        return self._slot is not None
 
     def _run(self) -> None:
         backoff, index = BACKOFF_START_S, 0
         try:
             while not self._stop.is_set():
                 try:
-                    capture = self._opener(self.camera)
-                except (OSError, cv2.error) as error:
+                    source = self._opener(self.camera)
+                except OSError as error:
+                    if self._unreadable_file(str(error)):
+                        return
                     self._down(f"{error}; retrying in {backoff:.1f} s")
                     backoff = self._pause(backoff)
                     continue
                 first = index
                 try:
-                    index, ended = self._read_until_failure(capture, index)
+                    index, ended, why = self._read_until_failure(source, index)
                 finally:
-                    capture.release()
+                    source.close()
                 if self._stop.is_set():
                     return
                 if index == first:  # opened, but not one frame: back off like a failed open
-                    self._down(f"{self.camera.masked_source()} opened but gave no frame")
+                    problem = f"{self.camera.masked_source()} opened but gave no frame ({why})"
+                    if self._unreadable_file(problem):
+                        return
+                    self._down(problem)
                     backoff = self._pause(backoff)
                     continue
                 backoff = BACKOFF_START_S
@@ -142,45 +250,46 @@ class CameraReader:
                     return
                 if not ended:
                     self.stats.reconnects += 1
-                    self._down("stream stopped delivering frames; reopening")
+                    self._down(f"stream stopped delivering frames ({why}); reopening")
         finally:
             self.stats.up = False
             self._finished.set()
             with self._fresh:
                 self._fresh.notify_all()
+            self._on_frame()
+
+    def _unreadable_file(self, problem: str) -> bool:
+        """A video file (not looped) that cannot be read has ended, like one read to its end:
+        retrying it forever would only fill the log."""
+        if self.camera.kind != "file" or self.camera.loop:
+            return False
+        log.error("camera %s: %s; the file is not read again", self.camera.name, problem)
+        return True
 
     def _pause(self, backoff: float) -> float:
         """Wait ``backoff`` seconds (or until stopped); returns the next, doubled, capped wait."""
         self._stop.wait(backoff)
         return min(backoff * 2, BACKOFF_MAX_S)
 
-    def _read_until_failure(self, capture: cv2.VideoCapture, index: int) -> tuple[int, bool]:
-        """Read until stopped or the source fails; returns (next index, reached end of file)."""
-        pace = self._file_pace(capture)
+    def _read_until_failure(self, source: Source, index: int) -> tuple[int, bool, str]:
+        """Read until stopped or the source fails; returns (next index, reached end of file,
+        why it stopped)."""
         next_due = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                ok, image = capture.read()
-            except cv2.error as error:  # a decoder error is a failed read, not a crash
-                log.debug("camera %s: read failed: %s", self.camera.name, error)
-                ok, image = False, None
-            if not ok or image is None:
-                return index, self.camera.kind == "file"
-            if not self.stats.up:
-                self._up(first_ever=index == 0)
-            self._publish(Frame(self.camera.name, image, time.time(), time.monotonic(), index))
-            index += 1
-            if pace:
-                next_due += pace
-                self._stop.wait(max(0.0, next_due - time.monotonic()))
-        return index, False
-
-    def _file_pace(self, capture: cv2.VideoCapture) -> float:
-        """Seconds per frame for video files, so a file plays like a live camera, not faster."""
-        if self.camera.kind != "file":
-            return 0.0
-        fps = capture.get(cv2.CAP_PROP_FPS)
-        return 1.0 / fps if 1 <= fps <= 240 else 1.0 / 25
+        try:
+            for image in source.frames():
+                if self._stop.is_set():
+                    return index, False, "stopped"
+                if not self.stats.up:
+                    self._up(first_ever=index == 0)
+                self._publish(Frame(self.camera.name, image, time.time(), time.monotonic(), index))
+                index += 1
+                if source.pace:
+                    next_due += source.pace
+                    self._stop.wait(max(0.0, next_due - time.monotonic()))
+        except OSError as error:
+            return index, False, str(error)
+        # A live stream that ends was closed by its server: reopen, as after a failure.
+        return index, self.camera.kind == "file", "end of stream"
 
     def _publish(self, frame: Frame) -> None:
         with self._fresh:
@@ -189,6 +298,7 @@ class CameraReader:
             self._slot = frame
             self.stats.frames_read += 1
             self._fresh.notify_all()
+        self._on_frame()
 
     def _up(self, first_ever: bool) -> None:
         if first_ever or self.camera.kind != "file":

@@ -43,5 +43,9 @@ class Notifier:
     def stopping(self) -> None:
         self.notify("STOPPING=1")
 
+    def reloading(self) -> None:
+        """Before a SIGHUP restart in place; the new process says READY=1 again."""
+        self.notify("RELOADING=1")
+
     def alive(self) -> None:
         self.notify("WATCHDOG=1")

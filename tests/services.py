@@ -53,6 +53,41 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+class BrokenCamera:
+    """A TCP endpoint on loopback that behaves as a broken camera: with ``garbage``, it sends
+    those bytes to each connection and hangs up; without, it accepts and never answers a byte
+    (a camera that hangs, not one that refuses)."""
+
+    def __init__(self, garbage: bytes | None = None) -> None:
+        self.garbage = garbage
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def url(self, path: str = "/live") -> str:
+        return f"rtsp://127.0.0.1:{self.port}{path}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            if self.garbage is None:
+                self.held.append(conn)  # kept open, never read or written
+                continue
+            with conn:
+                conn.sendall(self.garbage)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
 class Broker:
     """mosquitto with persistence, so a restart keeps subscribers' sessions like a real broker."""
 

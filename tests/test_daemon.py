@@ -8,14 +8,21 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, SHARED
-from services import Broker, RtspServer, Subscriber, free_port, scrape, shutdown_summary
+from services import (
+    BrokenCamera,
+    Broker,
+    RtspServer,
+    Subscriber,
+    free_port,
+    scrape,
+    shutdown_summary,
+)
 
 CLIP = SHARED / "media" / "asl-again.mkv"
 EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
@@ -223,39 +230,75 @@ def test_camera_recovers_after_stream_returns_and_others_keep_flowing(daemons):
         steady.stop()
 
 
-class GarbageServer:
-    """Accepts TCP connections on loopback, answers with random bytes and hangs up."""
+def test_cameras_that_hang_never_delay_a_live_camera_start_or_recovery(daemons):
+    """Three endpoints that accept and never answer, with a 30 s timeout each: were opens
+    serialised (as in OpenCV's FFmpeg backend), the good camera would wait for them."""
+    hanging = [BrokenCamera() for _ in range(3)]
+    good = RtspServer(CLIP).start()
+    slow = {"fps": 5, "open_timeout_s": 30, "read_timeout_s": 30}
+    try:
+        daemon = daemons(
+            {
+                "cameras": [
+                    *(
+                        {"name": f"hang{i}", "source": h.url(), **slow}
+                        for i, h in enumerate(hanging)
+                    ),
+                    {"name": "good", "source": good.url(), "fps": 5},
+                ],
+            }
+        )
+        processed = 'edge_emotion_frames_processed_total{camera="good"}'
+        daemon.wait_metric(processed, lambda v: v >= 5, timeout=20)
+        up = 'edge_emotion_camera_up{camera="good"}'
+        good.stop()
+        daemon.wait_metric(up, lambda v: v == 0, timeout=20)
+        good.start()  # the hanging cameras are still inside their 30 s opens
+        frames = daemon.metrics()[processed]
+        daemon.wait_metric(processed, lambda v: v >= frames + 5, timeout=20)
+        values = daemon.metrics()
+        assert all(values[f'edge_emotion_camera_up{{camera="hang{i}"}}'] == 0 for i in range(3))
+        assert daemon.stop() == 0
+    finally:
+        good.stop()
+        for h in hanging:
+            h.close()
+    assert "Traceback" not in daemon.log()
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                conn.sendall(os.urandom(2048))
-
-    def close(self) -> None:
-        self.sock.close()
+def test_when_the_cpu_is_short_every_camera_is_analysed_alike(daemons):
+    """Six cameras asking for more than one worker can analyse: none starves, the shortfall
+    is shared and counted as dropped frames per camera."""
+    names = [f"cam{i}" for i in range(6)]
+    daemon = daemons(
+        {
+            "cameras": [{"name": n, "source": str(CLIP), "fps": 60, "loop": True} for n in names],
+            "workers": 1,
+            "detector": {"full_scan_every": 1},  # every frame a full scan: the CPU is short
+        }
+    )
+    processed = [f'edge_emotion_frames_processed_total{{camera="{n}"}}' for n in names]
+    daemon.wait_metric(processed[-1], lambda v: v >= 3, timeout=30)  # every camera is running
+    first = daemon.metrics()
+    daemon.wait_metric(processed[0], lambda v: v >= first[processed[0]] + 20, timeout=60)
+    values = daemon.metrics()
+    analysed = [values[p] - first[p] for p in processed]
+    assert min(analysed) >= 0.6 * max(analysed), analysed
+    dropped = [values[f'edge_emotion_frames_dropped_total{{camera="{n}"}}'] for n in names]
+    assert all(d > 0 for d in dropped), dropped
+    assert daemon.stop() == 0
 
 
 def test_unreachable_and_garbage_cameras_are_logged_and_do_not_block_others(daemons, tmp_path):
     garbage_file = tmp_path / "garbage.mp4"
     garbage_file.write_bytes(os.urandom(50_000))
-    junk = GarbageServer()
+    junk = BrokenCamera(garbage=os.urandom(2048))
     try:
         daemon = daemons(
             {
                 "cameras": [
                     {"name": "nowhere", "source": f"rtsp://127.0.0.1:{free_port()}/x", "fps": 5},
-                    {"name": "junk", "source": f"rtsp://127.0.0.1:{junk.port}/live", "fps": 5},
+                    {"name": "junk", "source": junk.url(), "fps": 5},
                     {"name": "garbage", "source": str(garbage_file), "fps": 5},
                     {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True},
                 ],

@@ -7,16 +7,22 @@ naming the key instead of being silently ignored for months.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from edge import DEFAULT_MODEL
-from edge.config.camera import NAME_PATTERN, CameraConfig, mask_url
+from edge.config.camera import NAME_PATTERN, CameraConfig, mask_url, mask_urls
 from edge.config.mqtt import HomeAssistantConfig, MqttConfig, TlsConfig
 
 __all__ = [
@@ -30,12 +36,16 @@ __all__ = [
 ]
 
 
+# Keys whose values are never printed, whatever the problem with them.
+SECRET_KEY = re.compile(r"(?i)pass|secret|token|credential|key_file|api_?key")
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message lists every problem with its key."""
 
 
 class MetricsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = True
     host: str = "127.0.0.1"  # loopback by default: metrics reveal what the cameras see
@@ -43,14 +53,14 @@ class MetricsConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     path: FilePath = DEFAULT_MODEL
     threads: int = Field(1, ge=1, le=16)
 
 
 class DetectorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     scale_factor: float = Field(1.1, gt=1.0, le=2.0)
     min_neighbors: int = Field(5, ge=0, le=50)
@@ -63,7 +73,7 @@ class DetectorConfig(BaseModel):
 
 
 class TrackingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     iou_threshold: float = Field(0.3, gt=0, lt=1)
     lost_after_s: float = Field(1.0, gt=0, description="a track unseen this long ends")
@@ -74,7 +84,11 @@ class TrackingConfig(BaseModel):
 
 class EdgeConfig(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="EDGE_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+        env_prefix="EDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        case_sensitive=False,
+        allow_inf_nan=False,
     )
 
     device_id: str = Field(default_factory=socket.gethostname, pattern=NAME_PATTERN)
@@ -84,6 +98,8 @@ class EdgeConfig(BaseSettings):
     model: ModelConfig = ModelConfig()
     detector: DetectorConfig = DetectorConfig()
     tracking: TrackingConfig = TrackingConfig()
+    # Analysis threads, each with its own interpreter, shared by all cameras; 0: two per core.
+    workers: int = Field(0, ge=0, le=64)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
     @model_validator(mode="after")
@@ -128,6 +144,12 @@ def load_config(
         return EdgeConfig(**raw)
     except ValidationError as error:
         raise ConfigError(where + "invalid configuration:\n" + describe(error)) from None
+    except SettingsError as error:  # an EDGE_* variable that is not valid JSON where JSON goes
+        field = str(error).split('"')[1] if '"' in str(error) else "?"
+        raise ConfigError(
+            f"environment: EDGE_{field.upper()} is not valid JSON (lists and sections given "
+            "in one variable must be JSON)"
+        ) from None
     except OSError as error:  # a file the configuration names exists but this user cannot read
         raise ConfigError(
             f"{where}cannot read {error.filename}: {error.strerror} "
@@ -137,11 +159,23 @@ def load_config(
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        content = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the configuration: {error.strerror}") from None
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (save the configuration as UTF-8)") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: a binary file, not a YAML configuration")
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        raise ConfigError(f"{path}: not valid YAML: {mask_urls(str(error))}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -155,11 +189,11 @@ def describe(error: ValidationError) -> str:
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         message = problem["msg"]
-        if problem["type"] == "extra_forbidden":
-            message = "unknown key"
         value = problem.get("input")
         shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
-        if "password" in key:
+        if problem["type"] == "extra_forbidden" or SECRET_KEY.search(key):
+            # An unknown key is often a misspelt secret (mqtt.pasword): never echo its value.
+            message = "unknown key" if problem["type"] == "extra_forbidden" else message
             shown = ""
-        lines.append(f"  {key}: {message}{shown}")
+        lines.append(mask_urls(f"  {key}: {message}{shown}"))
     return "\n".join(lines)

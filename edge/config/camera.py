@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -13,7 +14,7 @@ STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "udp", "tcp")
 
 
 class CameraConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     # rtsp://… (or another FFmpeg URL), a USB camera index (0), /dev/videoN, or a video file.
@@ -54,12 +55,30 @@ class CameraConfig(BaseModel):
         return mask_url(str(self.source))
 
 
+# key=value pairs that carry credentials in a URL's path or query (many cameras take
+# ``/user=admin&password=...`` or ``?user=...&password=...``).
+CREDENTIAL_PAIR = re.compile(
+    r"(?i)\b(user(?:name)?|login|pass(?:word|wd)?|pwd|token|auth|secret|(?:api_?)?key)=[^&;/?#\s]*"
+)
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
 def mask_url(url: str) -> str:
-    """``rtsp://user:pass@host/x`` -> ``rtsp://***:***@host/x``: credentials never reach logs."""
-    parts = urlsplit(url)
-    if not parts.username and not parts.password:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***:***@{host}"))
+    """``rtsp://user:pass@host/x`` -> ``rtsp://***:***@host/x``: credentials never reach logs.
+
+    By structure, not by parsing: everything before the last ``@`` after the scheme is
+    credentials (a password may hold ``/``, ``#`` or ``?``, which a URL parser takes for the
+    end of the host), and credential-like ``key=value`` pairs anywhere are masked too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return CREDENTIAL_PAIR.sub(lambda m: f"{m.group(1)}=***", url)
+    at = rest.rfind("@")
+    if at != -1:
+        rest = "***:***@" + rest[at + 1 :]
+    return f"{scheme}://" + CREDENTIAL_PAIR.sub(lambda m: f"{m.group(1)}=***", rest)
+
+
+def mask_urls(text: str) -> str:
+    """Every URL inside ``text`` masked (error messages may quote a source)."""
+    return URL.sub(lambda m: mask_url(m.group(0)), text)

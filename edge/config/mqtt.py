@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr
 
-TOPIC_LEVEL = r"^[^/#+\s]+(/[^/#+\s]+)*$"
+# Topic levels without wildcards or blanks; not starting with "$" (reserved for the broker's
+# own topics, such as $SYS: a client cannot publish there).
+TOPIC_LEVEL = r"^[^/#+\s$][^/#+\s]*(/[^/#+\s]+)*$"
 
 
 class TlsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     ca_file: FilePath | None = None
     cert_file: FilePath | None = None
@@ -19,7 +21,7 @@ class TlsConfig(BaseModel):
 class HomeAssistantConfig(BaseModel):
     """MQTT discovery: Home Assistant creates the sensors itself from retained config messages."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     discovery_prefix: str = Field("homeassistant", pattern=TOPIC_LEVEL)
@@ -29,13 +31,15 @@ class HomeAssistantConfig(BaseModel):
 
 
 class MqttConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     host: str = Field(min_length=1)
     port: int = Field(1883, ge=1, le=65535)
     topic_prefix: str = Field("edge-emotion", pattern=TOPIC_LEVEL)
     qos: int = Field(1, ge=0, le=2)
-    client_id: str | None = Field(None, description="default: edge-emotion-<device_id>")
+    client_id: str | None = Field(
+        None, min_length=1, max_length=128, description="default: edge-emotion-<device_id>"
+    )
     username: str | None = None
     password: SecretStr | None = None
     tls: TlsConfig | None = None

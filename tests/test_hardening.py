@@ -1,0 +1,170 @@
+"""Hostile and careless input: secrets never printed, signals and pipes handled, stderr ours."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ROOT, SHARED, run_cli
+
+CLIP = SHARED / "media" / "asl-again.mkv"
+SECRETS = ("t0psecret", "p/a#s?w", "hunter2", "envsecret")
+
+
+@pytest.mark.parametrize(
+    "config, env",
+    [
+        (
+            {
+                "cameras": [{"name": "a", "source": str(CLIP)}],
+                "mqtt": {"host": "h", "pasword": "t0psecret"},
+            },
+            {},
+        ),
+        (
+            {"cameras": [{"name": "a", "source": str(CLIP)}]},
+            {"EDGE_MQTT__HOST": "h", "EDGE_MQTT__PASWORD": "envsecret"},
+        ),
+        ({"cameras": ["rtsp://admin:t0psecret@192.0.2.1/x"]}, {}),
+        ({"cameras": [{"name": "a", "source": "ftp://admin:t0psecret@192.0.2.1/x"}]}, {}),
+        ({"cameras": [{"name": "a", "sourse": "rtsp://admin:t0psecret@192.0.2.1/x"}]}, {}),
+        ({"cameras": [{"name": "a", "source": "rtsp://admin:p/a#s?w@192.0.2.1/x", "fps": -1}]}, {}),
+        (
+            {
+                "cameras": [
+                    {
+                        "name": "a",
+                        "source": "rtsp://192.0.2.1/x?user=admin&password=hunter2",
+                        "fps": 0,
+                    }
+                ]
+            },
+            {},
+        ),
+    ],
+    ids=[
+        "misspelt-password",
+        "misspelt-password-env",
+        "camera-as-string",
+        "refused-scheme",
+        "misspelt-source",
+        "password-with-slash-hash-query",
+        "credentials-in-query",
+    ],
+)
+def test_a_configuration_error_never_prints_a_secret(tmp_path, config, env):
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for command in ("check-config", "run"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "edge", command, "--config", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            timeout=60,
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 2, output
+        assert "invalid configuration" in output and "Traceback" not in output
+        assert not any(secret in output for secret in SECRETS), output
+
+
+def test_check_config_masks_credentials_by_structure(tmp_path):
+    path = tmp_path / "edge.yaml"
+    sources = [
+        "rtsp://admin:p/a#s?w@192.0.2.1:554/x",
+        "rtsp://192.0.2.2/user=admin&password=hunter2&channel=1",
+        "rtsp://192.0.2.3/live?user=admin&password=t0psecret",
+    ]
+    path.write_text(
+        yaml.safe_dump({"cameras": [{"name": f"c{i}", "source": s} for i, s in enumerate(sources)]})
+    )
+    result = run_cli("edge", "check-config", "--config", path)
+    assert result.returncode == 0, result.stderr
+    assert not any(secret in result.stdout for secret in SECRETS), result.stdout
+    assert "192.0.2.1:554" in result.stdout and "channel=1" in result.stdout
+
+
+def test_sighup_restarts_in_place_with_the_configuration_reread(tmp_path):
+    path = tmp_path / "edge.yaml"
+    camera = {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True}
+    path.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
+    log = tmp_path / "daemon.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", "--config", str(path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+    )
+    try:
+        assert '"event"' in proc.stdout.readline()  # running: its first event
+        renamed = {**camera, "name": "renamed"}
+        path.write_text(yaml.safe_dump({"cameras": [renamed], "metrics": {"enabled": False}}))
+        proc.send_signal(signal.SIGHUP)
+        for line in proc.stdout:  # events of the old camera, flushed, then the new one's
+            if '"camera":"renamed"' in line:
+                break
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    text = log.read_text()
+    assert "SIGHUP: restarting with the configuration re-read" in text
+    assert "Traceback" not in text
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    for args in (
+        ("check-config", "--config", str(ROOT / "systemd" / "edge.example.yaml")),
+        ("analyze", str(CLIP), "--json"),
+    ):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        proc.stdout.read(1)
+        proc.stdout.close()  # as `| head -c 1` does
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(60) == 0, stderr
+        assert "Broken pipe" not in stderr and "Traceback" not in stderr
+
+
+def test_stderr_carries_only_our_own_lines():
+    result = run_cli("edge", "analyze", CLIP, "--json")
+    assert result.returncode == 0
+    assert "XNNPACK" not in result.stderr and "INFO: Created" not in result.stderr
+
+
+def huge_png(path, width: int, height: int) -> None:
+    """A valid gray PNG of a few hundred KB that decodes to width x height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    rows = zlib.compress(b"".join(b"\x00" * (width + 1) for _ in range(height)), 9)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+def test_analyze_skips_an_image_too_large_to_decode_and_goes_on(tmp_path):
+    huge = tmp_path / "huge.png"
+    huge_png(huge, 20000, 20000)
+    result = run_cli("edge", "analyze", huge, CLIP, "--json")
+    assert result.returncode == 1  # one file failed
+    assert "huge.png: larger than 50 megapixels, skipped" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert '"source": "' + str(CLIP) in result.stdout  # the next file was still analysed
