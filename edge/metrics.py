@@ -105,3 +105,8 @@ class _StatsCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_mqtt_connected", "1 while connected to the broker", value=float(p.connected)
         )
+        yield CounterMetricFamily(
+            f"{PREFIX}_homeassistant_announcements_coalesced",
+            "Home Assistant 'online' messages folded into an announcement already due",
+            value=p.announcements_coalesced,
+        )

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from conftest import ROOT, SHARED, run_cli
 from services import free_port
@@ -65,3 +66,27 @@ def test_analyze_reports_unreadable_files_and_goes_on(tmp_path):
     assert "missing.mp4: no such file" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stdout.splitlines()) >= 70
+
+
+def test_the_demo_shows_one_face_and_no_ghost(tmp_path):
+    """The sample clip has one face; the demo's detector settings let no second one through
+    over a whole loop of the clip (16 s at its own rate)."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "EDGE_METRICS__ENABLED": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "demo"],
+        cwd=ROOT,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    tracks, started = set(), time.monotonic()
+    try:
+        for line in proc.stdout:  # heartbeats every 5 s keep lines coming
+            tracks.add(json.loads(line)["track_id"])
+            if time.monotonic() - started > 20:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert tracks == {1}

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 from conftest import ROOT, SHARED, run_cli
+from test_daemon import broker, daemons  # noqa: F401 (fixtures)
 
 CLIP = SHARED / "media" / "asl-again.mkv"
 SECRETS = ("t0psecret", "p/a#s?w", "hunter2", "envsecret")
@@ -168,3 +171,42 @@ def test_analyze_skips_an_image_too_large_to_decode_and_goes_on(tmp_path):
     assert "huge.png: larger than 50 megapixels, skipped" in result.stderr
     assert "Traceback" not in result.stderr
     assert '"source": "' + str(CLIP) in result.stdout  # the next file was still analysed
+
+
+def test_two_daemons_with_one_device_id_are_told_apart_and_named(broker, daemons):  # noqa: F811
+    config = {
+        "device_id": "cloned",
+        "cameras": [{"name": "door", "source": str(CLIP), "loop": True, "fps": 2}],
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
+    }
+    first, second = daemons(config), daemons(config)
+    twin = "uses device_id 'cloned' and MQTT client id 'edge-emotion-cloned'"
+    deadline = time.monotonic() + 60
+    while not any(twin in d.log() for d in (first, second)):
+        assert time.monotonic() < deadline, first.log() + second.log()
+        time.sleep(0.5)  # the daemons' logs are files: polled
+    log = first.log() + second.log()
+    assert "Give every device its own device_id" in log and "Traceback" not in log
+
+
+def test_a_host_name_that_is_not_a_valid_device_id_gives_a_valid_default(tmp_path):
+    config = tmp_path / "edge.yaml"
+    config.write_text(yaml.safe_dump({"cameras": [{"name": "a", "source": str(CLIP)}]}))
+    result = subprocess.run(
+        [
+            "unshare",
+            "--map-root-user",  # works unprivileged where user namespaces are allowed
+            "--uts",
+            "sh",
+            "-c",
+            f"hostname pi.local && {sys.executable} -m edge check-config --config {config}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    if "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
+        pytest.fail(f"cannot set a host name here: {result.stderr}")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["device_id"] == "pi-local"

@@ -128,3 +128,39 @@ def test_a_broker_that_lost_its_retained_messages_gets_every_camera_state_again(
     late.close()
     assert messages[0].retain and json.loads(messages[0].payload)["camera"] == "door"
     assert daemon.stop() == 0, daemon.log()
+
+
+def test_a_client_flooding_home_assistant_online_cannot_evict_events(broker, daemons):  # noqa: F811
+    daemon = daemons(
+        {
+            "cameras": [{"name": "door", "source": str(CLIP), "loop": True, "fps": 10}],
+            "tracking": {"heartbeat_s": 0.1},  # an event per analysed frame
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "queue_size": 50,
+                "homeassistant": {"enabled": True},
+            },
+        }
+    )
+    daemon.wait_metric("edge_emotion_events_published_total", lambda v: v >= 5, timeout=30)
+    flood = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flooder")
+    flood.connect("127.0.0.1", broker.port)
+    flood.loop_start()
+    for _ in range(2000):
+        flood.publish("homeassistant/status", "online", qos=0)
+    flood.publish("homeassistant/status", "online", qos=1).wait_for_publish(10)
+    daemon.wait_metric(
+        "edge_emotion_homeassistant_announcements_coalesced_total", lambda v: v >= 100, timeout=30
+    )
+    published = daemon.metrics()["edge_emotion_events_published_total"]
+    daemon.wait_metric(
+        "edge_emotion_events_published_total", lambda v: v >= published + 20, timeout=30
+    )
+    flood.loop_stop()
+    flood.disconnect()
+    assert daemon.metrics()["edge_emotion_events_dropped_total"] == 0
+    assert daemon.stop() == 0
+    log = daemon.log()
+    assert log.count("arrives more often than every") == 1
+    assert log.count("announcing the sensors again") <= 2

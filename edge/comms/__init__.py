@@ -14,6 +14,8 @@ class PublisherStats:
     dropped: int = 0  # refused because the queue was full
     queued: int = 0  # handed over and not yet acknowledged
     connected: bool = False
+    # Home Assistant "online" messages answered by an announcement already due (rate limit)
+    announcements_coalesced: int = 0
 
 
 class Publisher(Protocol):

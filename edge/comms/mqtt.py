@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 
 import paho.mqtt.client as mqtt
@@ -29,6 +31,11 @@ from edge.events import CameraState, Event
 log = logging.getLogger(__name__)
 
 EARLY_ACK_TTL_S = 10.0
+# Finding another daemon's instance at two connects within this window means a twin.
+TWIN_WINDOW_S = 120.0
+# Home Assistant takes longer than this to restart; a client sending "online" faster is
+# answered at this rate (the announcements are idempotent, retained configs).
+ANNOUNCE_MIN_INTERVAL_S = 5.0
 
 
 class MqttPublisher:
@@ -38,12 +45,21 @@ class MqttPublisher:
         self.stats = PublisherStats()
         self.base = f"{config.topic_prefix}/{device_id}"
         self.status_topic = f"{self.base}/status"
+        # Who this process is, for telling a twin with the same device id from a restart.
+        self.instance_topic = f"{self.base}/instance"
+        self.instance = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+        self.client_id = config.client_id or f"edge-emotion-{device_id}"
+        self._foreign: list[float] = []
+        self._twin_warned = False
         self._pending: set[int] = set()
         self._acked_early: dict[int, float] = {}
         self._lock = threading.Lock()
         self._closing = False  # our own disconnect at shutdown is not an outage to warn about
         self._connect_warned = False  # one warning per outage for failed connection attempts
         self._states: dict[str, CameraState] = {}  # latest per camera, republished on connect
+        self._last_announce = float("-inf")  # monotonic time of the last discovery announcement
+        self._announce_timer: threading.Timer | None = None
+        self._flood_warned = False
         self._drained = threading.Condition(self._lock)
         # One TLS context for paho and for _diagnose, so the diagnosis tests what paho uses.
         self._tls = tls_context(config.tls) if config.tls else None
@@ -52,7 +68,7 @@ class MqttPublisher:
     def _client(self, config: MqttConfig, device_id: str) -> mqtt.Client:
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=config.client_id or f"edge-emotion-{device_id}",
+            client_id=self.client_id,
             clean_session=False,  # the broker keeps our session (in-flight QoS 1) across drops
             protocol=mqtt.MQTTv311,
         )
@@ -125,6 +141,9 @@ class MqttPublisher:
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
         self._closing = True
+        with self._lock:
+            if self._announce_timer is not None:
+                self._announce_timer.cancel()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -141,6 +160,10 @@ class MqttPublisher:
             return
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
         self.stats.connected, self._connect_warned = True, False
+        # Subscribe before publishing our own: the broker then hands us the instance that
+        # connected last under this device id, retained, before ours replaces it.
+        client.subscribe(self.instance_topic, qos=1)
+        client.publish(self.instance_topic, self.instance, qos=1, retain=True)
         client.publish(self.status_topic, "online", qos=1, retain=True)
         with self._lock:
             states = list(self._states.values())
@@ -148,13 +171,68 @@ class MqttPublisher:
             self._send_state(client, state)
         if self.config.homeassistant.enabled:
             client.subscribe(self.config.homeassistant.status_topic, qos=1)
+            with self._lock:
+                self._last_announce = time.monotonic()
             self.announce()
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        if message.topic == self.instance_topic:
+            self._check_instance(message.payload.decode(errors="replace"))
+            return
         ha = self.config.homeassistant
         if ha.enabled and message.topic == ha.status_topic and message.payload == b"online":
-            log.info("Home Assistant is online: announcing the sensors again")
-            self.announce()
+            self._announce_soon()
+
+    def _check_instance(self, other: str) -> None:
+        """Two daemons with one device id (cloned SD cards: the host name is the default) share
+        a client id, so each connect takes the broker session from the other, endlessly, and
+        paho reports only "Unspecified error". Each connect finds the instance that connected
+        last; finding another one again and again means a twin (once is a restart of ours)."""
+        if other == self.instance:
+            return
+        now = time.monotonic()
+        self._foreign = [t for t in self._foreign if now - t < TWIN_WINDOW_S] + [now]
+        if len(self._foreign) >= 2 and not self._twin_warned:
+            self._twin_warned = True
+            log.error(
+                "another daemon (%s) uses device_id %r and MQTT client id %r: the two take the "
+                "broker session from each other. Give every device its own device_id "
+                "(device_id in the configuration or EDGE_DEVICE_ID; the default is the host "
+                "name, which cloned images share)",
+                other,
+                self.device_id,
+                self.client_id,
+            )
+
+    def _announce_soon(self) -> None:
+        """Announce again now, or once when the rate limit allows, however many "online"
+        messages arrive meanwhile: any client on the broker can send them, and answering each
+        one filled the outgoing queue with configs and pushed events out of it (issue 12)."""
+        with self._lock:
+            wait = self._last_announce + ANNOUNCE_MIN_INTERVAL_S - time.monotonic()
+            if self._announce_timer is not None or wait > 0:
+                self.stats.announcements_coalesced += 1
+                if not self._flood_warned:
+                    self._flood_warned = True
+                    log.warning(
+                        "Home Assistant status 'online' arrives more often than every %.0f s "
+                        "(another client?): announcing at most that often",
+                        ANNOUNCE_MIN_INTERVAL_S,
+                    )
+                if self._announce_timer is None:
+                    self._announce_timer = threading.Timer(wait, self._announce_due)
+                    self._announce_timer.daemon = True
+                    self._announce_timer.start()
+                return
+            self._last_announce = time.monotonic()
+        log.info("Home Assistant is online: announcing the sensors again")
+        self.announce()
+
+    def _announce_due(self) -> None:
+        with self._lock:
+            self._announce_timer = None
+            self._last_announce = time.monotonic()
+        self.announce()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         """paho retries silently: say once per outage why, or a typo in a CA path stays hidden."""

@@ -40,6 +40,12 @@ __all__ = [
 SECRET_KEY = re.compile(r"(?i)pass|secret|token|credential|key_file|api_?key")
 
 
+def default_device_id() -> str:
+    """The host name made a valid topic level and metric label (``pi.local`` -> ``pi-local``)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64].strip("-")
+    return cleaned or "edge"
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; the message lists every problem with its key."""
 
@@ -91,7 +97,7 @@ class EdgeConfig(BaseSettings):
         allow_inf_nan=False,
     )
 
-    device_id: str = Field(default_factory=socket.gethostname, pattern=NAME_PATTERN)
+    device_id: str = Field(default_factory=lambda: default_device_id(), pattern=NAME_PATTERN)
     cameras: list[CameraConfig] = Field(min_length=1)
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
