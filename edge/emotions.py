@@ -81,6 +81,9 @@ class ModelMetadata:
             )
         try:
             raw = json.loads(path.read_text())
+            if not isinstance(raw, dict):
+                raise ModelError(f"{path}: model metadata must be a JSON object")
+            _check_types(path, raw)
             if raw.get("schema") != METADATA_SCHEMA:
                 raise ModelError(
                     f"{path}: schema {raw.get('schema')!r}, expected {METADATA_SCHEMA}"
@@ -100,6 +103,43 @@ class ModelMetadata:
         }:
             raise ModelError(f"{path}: invalid color {meta.color!r} or output {meta.output!r}")
         return meta
+
+
+# The JSON type each metadata field must have: a wrong one ("pixel_scale": "1") would load and
+# then fail on every frame, so it is refused at start-up.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "labels": (list,),
+    "input_height": (int,),
+    "input_width": (int,),
+    "input_channels": (int,),
+    "color": (str,),
+    "pixel_scale": (int, float),
+    "pixel_offset": (int, float),
+    "output": (str,),
+    "test_time_flip": (bool,),
+    "quantization": (str,),
+    "input_dtype": (str,),
+    "input_quant": (list,),
+    "sha256": (str,),
+    "provenance": (dict,),
+    "schema": (str,),
+}
+
+
+def _check_types(path: Path, raw: dict) -> None:
+    for name, value in raw.items():
+        wanted = FIELD_TYPES.get(name)
+        if wanted is None:
+            continue
+        if (isinstance(value, bool) and bool not in wanted) or not isinstance(value, wanted):
+            kinds = " or ".join(t.__name__ for t in wanted)
+            raise ModelError(f"{path}: {name} must be {kinds}, not {value!r}")
+    labels = raw.get("labels", [])
+    if not labels or not all(isinstance(label, str) and label for label in labels):
+        raise ModelError(f"{path}: labels must be a non-empty list of names")
+    for name in ("input_height", "input_width", "input_channels"):
+        if name in raw and raw[name] <= 0:
+            raise ModelError(f"{path}: {name} must be positive, not {raw[name]}")
 
 
 class EmotionClassifier:

@@ -210,3 +210,99 @@ def test_a_host_name_that_is_not_a_valid_device_id_gives_a_valid_default(tmp_pat
         pytest.fail(f"cannot set a host name here: {result.stderr}")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["device_id"] == "pi-local"
+
+
+def run_daemon(config_path, env: dict | None = None, timeout: float = 60):
+    return subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
+
+
+def one_line_exit_2(result) -> str:
+    """A start-up failure as systemd should see it: one line, exit code 2 (not restarted)."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("\ufeffcameras: []".encode("utf-16"), "not UTF-8 text"),
+        (b"\x00\x01\x02binary\x00", "a binary file"),
+        (None, "is a directory"),
+    ],
+    ids=["utf-16", "binary", "directory"],
+)
+def test_a_configuration_file_that_is_not_yaml_text_is_one_clear_line(tmp_path, content, expected):
+    path = tmp_path / "edge.yaml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    assert expected in one_line_exit_2(run_daemon(path))
+
+
+@pytest.mark.parametrize(
+    "change, env, expected",
+    [
+        ({}, {"EDGE_CAMERAS": '[{"name": "a", '}, "EDGE_CAMERAS is not valid JSON"),
+        ({"metrics": {"host": "no-such-host.invalid"}}, {}, "cannot serve"),
+        ({"mqtt": {"host": "h", "topic_prefix": "$SYS/edge"}}, {}, "mqtt.topic_prefix"),
+        ({"mqtt": {"host": "h", "client_id": ""}}, {}, "mqtt.client_id"),
+        ({"tracking": {"lost_after_s": float("inf")}}, {}, "tracking.lost_after_s"),
+    ],
+    ids=["env-json", "metrics-host", "topic-prefix-dollar", "empty-client-id", "infinite"],
+)
+def test_start_up_failures_are_one_line_and_exit_2(tmp_path, change, env, expected):
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "source": str(CLIP)}], **change}))
+    output = run_daemon(path, env).stderr
+    assert expected in output, output
+    one_line_exit_2(run_daemon(path, env))
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp_path):
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        path = tmp_path / "edge.yaml"
+        config = {"cameras": [{"name": "a", "source": str(CLIP)}], "metrics": {"port": port}}
+        path.write_text(yaml.safe_dump(config))
+        line = one_line_exit_2(run_daemon(path))
+    assert f"metrics 127.0.0.1:{port}: cannot serve" in line
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"pixel_scale": "1"}, {"input_height": True}, {"labels": []}, None],
+    ids=["string-scale", "bool-size", "no-labels", "not-an-object"],
+)
+def test_model_metadata_of_the_wrong_type_stops_start_up(tmp_path, change):
+    model = tmp_path / "model.tflite"
+    model.write_bytes((ROOT / "models" / "emotion.tflite").read_bytes())
+    meta = json.loads((ROOT / "models" / "emotion.json").read_text())
+    (tmp_path / "model.json").write_text(json.dumps([meta] if change is None else meta | change))
+    path = tmp_path / "edge.yaml"
+    config = {"cameras": [{"name": "a", "source": str(CLIP)}], "model": {"path": str(model)}}
+    path.write_text(yaml.safe_dump(config))
+    assert "model.json" in one_line_exit_2(run_daemon(path))
+
+
+def test_a_video_file_without_a_decodable_frame_ends_like_any_file(tmp_path):
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(os.urandom(50_000))
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"cameras": [{"name": "g", "source": str(garbage)}]}))
+    result = run_daemon(path, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "the file is not read again" in result.stderr and "every source has ended" in (
+        result.stderr
+    )
