@@ -17,13 +17,16 @@ included: it runs in the daemon's process).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -99,12 +102,27 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def watch(port: int, cameras: int, stop: threading.Event) -> None:
+    """What the live view's page asks for while open: the list and every snapshot, each second."""
+    base = f"http://127.0.0.1:{port}"
+    while not stop.wait(1.0):
+        for path in ["/api/cameras"] + [f"/snapshot/cam{i}.jpg" for i in range(cameras)]:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(base + path, timeout=5).read()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cameras", type=int, default=4)
     parser.add_argument("--fps", type=float, default=10)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--warmup", type=float, default=10)
+    parser.add_argument(
+        "--view",
+        action="store_true",
+        help="enable the live view and watch it as the page does (each camera's snapshot and "
+        "the camera list once a second)",
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="edge-bench-"))
@@ -123,6 +141,9 @@ def main() -> None:
         "metrics": {"port": metrics_port},
         "tracking": {"heartbeat_s": 0.1},
     }
+    view_port = free_port()
+    if args.view:
+        config["view"] = {"enabled": True, "port": view_port}
     (work / "edge.yaml").write_text(yaml.safe_dump(config))
     sub = Subscriber(broker.port, "edge-emotion/bench/+/event", client_id="bench-sub")
     sub.wait_subscribed()
@@ -134,6 +155,11 @@ def main() -> None:
     )
     try:
         time.sleep(args.warmup)  # a benchmark, not a test: let streams open and settle
+        stop_watching = threading.Event()
+        if args.view:
+            threading.Thread(
+                target=watch, args=(view_port, args.cameras, stop_watching), daemon=True
+            ).start()
         before, cpu0, t0 = metrics(metrics_port), cpu_seconds(daemon.pid), time.monotonic()
         seen = len(sub.messages)
         rss = []
@@ -141,6 +167,7 @@ def main() -> None:
             rss.append(rss_mb(daemon.pid))
             time.sleep(1)
         after, cpu1, elapsed = metrics(metrics_port), cpu_seconds(daemon.pid), time.monotonic() - t0
+        stop_watching.set()
         received = list(zip(sub.messages[seen:], sub.received_at[seen:], strict=False))
         first_event = sub.received_at[0] - spawned if sub.received_at else float("nan")
     finally:

@@ -20,6 +20,7 @@ from edge.metrics import Metrics
 from edge.pipeline import AnalysisPool, CameraAnalysis
 from edge.track import Tracker
 from edge.video import CameraReader
+from edge.view import ViewServer
 from edge.watchdog import Notifier
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,9 @@ class Daemon:
             lambda: [(r.camera.name, r.stats) for r in self.readers], self.publisher.stats
         )
         self.metrics_port: int | None = None
+        self.view: ViewServer | None = None
+        for camera in self.cameras:
+            camera.keep_shown = config.view.enabled
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or every finite source has ended); returns the exit code."""
@@ -94,6 +98,14 @@ class Daemon:
                 reason = error.strerror or str(error)
                 raise ConfigError(f"metrics {host}:{port}: cannot serve: {reason}") from None
             log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.metrics_port)
+        if self.config.view.enabled:
+            host, port = self.config.view.host, self.config.view.port
+            try:
+                self.view = ViewServer(host, port, self.cameras).start()
+            except OSError as error:
+                reason = error.strerror or str(error)
+                raise ConfigError(f"view {host}:{port}: cannot serve: {reason}") from None
+            log.info("live view on http://%s:%d/", host, self.view.port)
         self.publisher.start()
         self.pool.start()
         for reader in self.readers:
@@ -134,6 +146,8 @@ class Daemon:
             reader.stop()
         # The pool closes every camera's tracks as it stops: let it, before the flush.
         self.pool.stop(PIPELINE_STOP_S)
+        if self.view is not None:
+            self.view.stop()
         self.publisher.close(SHUTDOWN_FLUSH_S)
         for reader in self.readers:
             reader.join(0.2)

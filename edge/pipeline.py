@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +35,18 @@ log = logging.getLogger(__name__)
 # A camera without a new frame this long is still "analysed" (with no faces), so its tracks end
 # on time when its stream stops, and the pool notices a file that has ended.
 IDLE_TICK_S = 0.5
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The latest analysed frame of a camera and its tracked faces, for the live view."""
+
+    gray: np.ndarray
+    faces: list[dict]  # track_id, box [x, y, w, h], emotion, confidence
+    monotonic: float
+
+    def age(self) -> float:
+        return time.monotonic() - self.monotonic
 
 
 class CameraAnalysis:
@@ -59,6 +73,9 @@ class CameraAnalysis:
         self.done = False  # its file ended and its tracks are closed
         self._last_failure_log = 0.0
         self._state: tuple[int, str] | None = None  # last published (faces, dominant emotion)
+        self.keep_shown = False  # the live view is on: keep the latest frame (not a copy)
+        self.shown: Shown | None = None
+        self._analysed_at: deque[float] = deque(maxlen=32)
 
     def process(self, frame: Frame, classifier: EmotionClassifier) -> None:
         """Analyse one frame; a failure is counted and logged, never raised."""
@@ -100,6 +117,28 @@ class CameraAnalysis:
         m.frames_processed.labels(camera).inc()
         m.faces_detected.labels(camera).inc(len(boxes))
         self.last_processed = time.monotonic()
+        self._analysed_at.append(self.last_processed)
+        if self.keep_shown:
+            self.shown = Shown(gray, self._faces(), self.last_processed)
+
+    def analysed_fps(self) -> float:
+        """Frames analysed per second over the last few (0 once nothing came for 5 s)."""
+        times = list(self._analysed_at)
+        if len(times) < 2 or time.monotonic() - times[-1] > 5:
+            return 0.0
+        return (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+
+    def _faces(self) -> list[dict]:
+        labels = self.tracker.labels
+        return [
+            {
+                "track_id": t.track_id,
+                "box": t.box.as_list(),
+                "emotion": labels[t.emotion],
+                "confidence": round(float(t.scores[t.emotion]), 3),
+            }
+            for t in self.tracker.tracks
+        ]
 
     def _emit(self, events: list[TrackEvent]) -> None:
         for track_event in events:

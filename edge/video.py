@@ -63,6 +63,7 @@ class ReaderStats:
     frames_dropped: int = 0
     reconnects: int = 0
     up: bool = False
+    last_error: str = ""  # the latest reason it went down (sources masked), for the live view
 
 
 class Source(Protocol):
@@ -307,6 +308,7 @@ class CameraReader:
 
     def _down(self, why: str) -> None:
         """Warn once per outage; repeats while it lasts go to debug, not to the journal."""
+        self.stats.last_error = why
         if self._warned:
             log.debug("camera %s: %s", self.camera.name, why)
         else:

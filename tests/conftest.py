@@ -31,6 +31,7 @@ def missing_prerequisites() -> list[str]:
         ("openssl", "openssl"),
         ("systemd-analyze", "systemd"),
         ("gst-launch-1.0", "gstreamer1.0-tools"),
+        ("chromium", "chromium"),
     ):
         if not shutil.which(tool, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"):
             missing.append(f"{tool} (Debian package {package})")

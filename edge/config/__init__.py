@@ -58,6 +58,17 @@ class MetricsConfig(BaseModel):
     port: int = Field(9108, ge=0, le=65535)
 
 
+class ViewConfig(BaseModel):
+    """The live view (edge.view): off by default; on loopback unless told otherwise, because
+    anyone who can reach the port sees the cameras."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9109, ge=0, le=65535)
+
+
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -101,6 +112,7 @@ class EdgeConfig(BaseSettings):
     cameras: list[CameraConfig] = Field(min_length=1)
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
+    view: ViewConfig = ViewConfig()
     model: ModelConfig = ModelConfig()
     detector: DetectorConfig = DetectorConfig()
     tracking: TrackingConfig = TrackingConfig()

@@ -1,0 +1,175 @@
+"""Live view: what each camera sees, on a local page (off by default).
+
+For setting a camera up: is it aimed right, are faces big enough for ``detector.min_size``, does
+the label match the face? ``GET /`` is a page with one tile per camera, ``GET /api/cameras`` the
+same as JSON without images, ``GET /snapshot/<camera>.jpg`` the latest analysed frame with each
+face's box, track id, emotion and confidence drawn on it.
+
+Privacy: frames are JPEG-encoded in memory only when a client asks for a snapshot (the page asks
+once a second while it is open), never written to disk, never published on MQTT. Anyone who can
+reach the port sees the cameras: it listens on loopback unless configured otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+import cv2
+import numpy as np
+
+from edge.pipeline import CameraAnalysis, Shown
+
+log = logging.getLogger(__name__)
+
+JPEG_QUALITY = 80
+BOX_COLOUR = (0, 200, 0)  # BGR
+
+
+def draw(shown: Shown) -> np.ndarray:
+    """The analysed frame with every tracked face's box and label, as a colour image."""
+    gray = shown.gray
+    image = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR) if gray.ndim == 2 else gray.copy()
+    for face in shown.faces:
+        x, y, w, h = face["box"]
+        cv2.rectangle(image, (x, y), (x + w, y + h), BOX_COLOUR, 2)
+        label = f"#{face['track_id']} {face['emotion']} {face['confidence']:.2f}"
+        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.6, 2)
+        top = max(th + 8, y)  # a black strip above the box, the label on it
+        cv2.rectangle(image, (x, top - th - 8), (x + tw + 6, top), (0, 0, 0), cv2.FILLED)
+        cv2.putText(image, label, (x + 3, top - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.6, BOX_COLOUR, 2)
+    return image
+
+
+def describe(camera: CameraAnalysis) -> dict:
+    """What the page shows of a camera, without the image."""
+    stats, shown = camera.reader.stats, camera.shown
+    return {
+        "name": camera.name,
+        "up": stats.up,
+        "analysed_fps": round(camera.analysed_fps(), 2),
+        "frames_dropped": stats.frames_dropped,
+        "last_error": stats.last_error,
+        "faces": shown.faces if shown else [],
+        "frame_age_s": round(shown.age(), 2) if shown else None,
+    }
+
+
+class ViewServer:
+    def __init__(self, host: str, port: int, cameras: Sequence[CameraAnalysis]) -> None:
+        self.cameras = {camera.name: camera for camera in cameras}
+        handler = type("Handler", (_Handler,), {"view": self})
+        self._server = ThreadingHTTPServer((host, port), handler)  # raises OSError (port used)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="view", daemon=True)
+
+    def start(self) -> ViewServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def snapshot(self, name: str) -> bytes | None:
+        camera = self.cameras.get(name)
+        if camera is None or camera.shown is None:
+            return None
+        quality = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+        ok, jpeg = cv2.imencode(".jpg", draw(camera.shown), quality)
+        return jpeg.tobytes() if ok else None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    view: ViewServer
+    server_version = "edge-emotion-view"
+
+    def do_GET(self) -> None:
+        path = unquote(urlsplit(self.path).path)
+        if path == "/":
+            self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode())
+        elif path == "/api/cameras":
+            body = json.dumps([describe(c) for c in self.view.cameras.values()]).encode()
+            self._send(HTTPStatus.OK, "application/json", body)
+        elif path.startswith("/snapshot/") and path.endswith(".jpg"):
+            name = path[len("/snapshot/") : -len(".jpg")]
+            if name not in self.view.cameras:
+                self._send(HTTPStatus.NOT_FOUND, "text/plain", b"no such camera\n")
+                return
+            jpeg = self.view.snapshot(name)
+            if jpeg is None:
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"no frame yet\n")
+            else:
+                self._send(HTTPStatus.OK, "image/jpeg", jpeg)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+
+    def _send(self, status: HTTPStatus, kind: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("view: " + format, *args)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>edge-emotion: live view</title>
+<style>
+body { font-family: sans-serif; background: #111; color: #eee; margin: 1em; }
+#tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 1em; }
+.tile { background: #222; padding: .5em; border-radius: 6px; }
+.tile img { width: 100%; background: #000; min-height: 120px; }
+.down { color: #f66; } .up { color: #6f6; }
+</style></head>
+<body><h1>edge-emotion: live view</h1><div id="tiles"></div>
+<script>
+const tiles = document.getElementById("tiles");
+function tile(name) {
+  let t = document.querySelector(`.tile[data-camera="${CSS.escape(name)}"]`);
+  if (!t) {
+    t = document.createElement("div");
+    t.className = "tile"; t.dataset.camera = name;
+    t.innerHTML = '<h2></h2><img alt=""><p class="status"></p><ul class="faces"></ul>';
+    t.querySelector("h2").textContent = name;
+    t.querySelector("img").alt = "camera " + name;
+    tiles.appendChild(t);
+  }
+  return t;
+}
+async function refresh() {
+  try {
+    const cameras = await (await fetch("/api/cameras", {cache: "no-store"})).json();
+    for (const c of cameras) {
+      const t = tile(c.name);
+      const status = t.querySelector(".status");
+      status.className = "status " + (c.up ? "up" : "down");
+      status.textContent = (c.up ? "up" : "down") + ", " + c.analysed_fps + " fps analysed, "
+        + c.frames_dropped + " dropped" + (c.last_error ? ", last error: " + c.last_error : "");
+      const faces = t.querySelector(".faces");
+      faces.replaceChildren(...c.faces.map(f => {
+        const li = document.createElement("li");
+        li.className = "face";
+        li.textContent = "#" + f.track_id + " " + f.emotion + " " + f.confidence.toFixed(2);
+        return li;
+      }));
+      if (c.frame_age_s !== null) {
+        const src = "/snapshot/" + encodeURIComponent(c.name) + ".jpg?t=" + Date.now();
+        t.querySelector("img").src = src;
+      }
+    }
+  } catch (e) { /* the daemon restarting: try again */ }
+  setTimeout(refresh, 1000);
+}
+refresh();
+</script></body></html>
+"""

@@ -1,0 +1,104 @@
+"""The live view as a user opens it: a real RTSP stream and daemon, headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+from services import free_port
+from test_daemon import CLIP, EMOTIONS, daemons, rtsp  # noqa: F401 (fixtures)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read()
+
+
+def green_pixels(image: np.ndarray) -> int:
+    """Pixels of the view's box colour: the frames are gray, so only the drawing is green."""
+    g, r = image[..., 1].astype(int), image[..., 2].astype(int)
+    return int(((g - r > 80) & (g > 150)).sum())
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess:
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed (Debian package chromium; scripts/test installs it)")
+    return subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=5000",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def viewed(rtsp, daemons):  # noqa: F811
+    port = free_port()
+    daemon = daemons(
+        {
+            "cameras": [{"name": "door", "source": rtsp.url(), "fps": 5}],
+            "view": {"enabled": True, "port": port},
+        }
+    )
+    daemon.wait_metric('edge_emotion_faces_detected_total{camera="door"}', lambda v: v >= 3, 30)
+    return daemon, f"http://127.0.0.1:{port}"
+
+
+def test_the_api_and_the_snapshot_show_what_the_camera_sees(viewed):
+    daemon, base = viewed
+    status, kind, body = get(f"{base}/api/cameras")
+    assert status == 200 and kind == "application/json"
+    (camera,) = json.loads(body)
+    assert camera["name"] == "door" and camera["up"] is True and camera["analysed_fps"] > 0
+    assert camera["faces"] and all(f["emotion"] in EMOTIONS for f in camera["faces"])
+    status, kind, body = get(f"{base}/snapshot/door.jpg")
+    assert status == 200 and kind == "image/jpeg"
+    image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (480, 640, 3)
+    assert green_pixels(image) > 200  # the face box (75-px faces: ~600 px of outline)
+    assert get(f"{base}/snapshot/nowhere.jpg")[0] == 404
+    assert daemon.stop() == 0
+
+
+def test_the_page_renders_tiles_boxes_and_labels_in_a_real_browser(viewed, tmp_path):
+    daemon, base = viewed
+    dom = chromium("--dump-dom", f"{base}/").stdout
+    assert 'class="tile" data-camera="door"' in dom
+    assert 'class="status up"' in dom
+    face = re.search(r'class="face">#\d+ (\w+) \d\.\d\d<', dom)
+    assert face and face.group(1) in EMOTIONS, dom[-2000:]
+    shot = tmp_path / "view.png"
+    chromium(f"--screenshot={shot}", "--window-size=1000,700", f"{base}/")
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[:2] == (700, 1000)
+    assert green_pixels(image) > 100  # the face box, drawn on the camera's frame in the tile
+    assert daemon.stop() == 0
+
+
+def test_the_view_is_off_by_default_and_nothing_listens(daemons):  # noqa: F811
+    daemon = daemons({"cameras": [{"name": "clip", "source": str(CLIP), "loop": True}]})
+    daemon.wait_metric('edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 3, 30)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", 9109), timeout=2).close()
+    assert "live view" not in daemon.log()
+    assert daemon.stop() == 0
