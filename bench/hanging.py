@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from services import BrokenCamera, Broker, RtspServer, Subscriber, free_port  # noqa: E402
+from services import BrokenCamera, Broker, RtspServer, Subscriber, free_port, spawn_daemon  # noqa: E402
 from services import scrape as metrics  # noqa: E402
 
 CLIP = ROOT.parent / "shared" / "media" / "asl-again.mkv"
@@ -74,15 +71,10 @@ def main() -> None:
         "metrics": {"port": port},
         "tracking": {"heartbeat_s": 0.1},
     }
-    (work / "edge.yaml").write_text(yaml.safe_dump(config))
     sub = Subscriber(broker.port, "edge-emotion/bench/+/event", client_id="bench-hanging")
     sub.wait_subscribed()
     spawned = time.time()
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge", "run", "--config", str(work / "edge.yaml")],
-        cwd=ROOT,
-        stderr=(work / "daemon.log").open("w"),
-    )
+    daemon = spawn_daemon(config, work)
     try:
         sub.wait_for(lambda _: bool(good_events(sub, spawned)), timeout=60)
         first = good_events(sub, spawned)[0] - spawned

@@ -32,11 +32,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from services import Broker, RtspServer, Subscriber, free_port  # noqa: E402
+from services import Broker, RtspServer, Subscriber, free_port, spawn_daemon  # noqa: E402
 from services import scrape as metrics  # noqa: E402
 
 CLIP = ROOT.parent / "shared" / "media" / "asl-again.mkv"
@@ -144,15 +143,10 @@ def main() -> None:
     view_port = free_port()
     if args.view:
         config["view"] = {"enabled": True, "port": view_port}
-    (work / "edge.yaml").write_text(yaml.safe_dump(config))
     sub = Subscriber(broker.port, "edge-emotion/bench/+/event", client_id="bench-sub")
     sub.wait_subscribed()
     spawned = time.time()
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "edge", "run", "--config", str(work / "edge.yaml")],
-        cwd=ROOT,
-        stderr=(work / "daemon.log").open("w"),
-    )
+    daemon = spawn_daemon(config, work)
     try:
         time.sleep(args.warmup)  # a benchmark, not a test: let streams open and settle
         stop_watching = threading.Event()

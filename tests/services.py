@@ -53,6 +53,21 @@ def wait_for_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
+def spawn_daemon(config: dict, work: Path) -> subprocess.Popen:
+    """The daemon as a user starts it: ``python -m edge run`` on ``work/edge.yaml``, its log in
+    ``work/daemon.log`` (the benches' way; tests use their DaemonProcess fixture)."""
+    import sys
+
+    import yaml
+
+    (work / "edge.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", "--config", str(work / "edge.yaml")],
+        cwd=TESTS.parent,
+        stderr=(work / "daemon.log").open("w"),
+    )
+
+
 class BrokenCamera:
     """A TCP endpoint on loopback that behaves as a broken camera: with ``garbage``, it sends
     those bytes to each connection and hangs up; without, it accepts and never answers a byte
