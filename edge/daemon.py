@@ -7,6 +7,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import cv2
 
@@ -24,6 +26,7 @@ from edge.view import ViewServer
 from edge.watchdog import Notifier
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Together well inside the 5 s a stop may take: stop the analysis, then flush and say offline.
 PIPELINE_STOP_S = 1.5
@@ -67,6 +70,7 @@ class Daemon:
                 self.publisher,
                 self.metrics,
                 camera.fps,
+                keep_shown=config.view.enabled,
             )
             for i, (camera, reader) in enumerate(zip(config.cameras, self.readers, strict=True))
         ]
@@ -85,27 +89,18 @@ class Daemon:
         )
         self.metrics_port: int | None = None
         self.view: ViewServer | None = None
-        for camera in self.cameras:
-            camera.keep_shown = config.view.enabled
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or every finite source has ended); returns the exit code."""
-        if self.config.metrics.enabled:
-            host, port = self.config.metrics.host, self.config.metrics.port
-            try:
-                self.metrics_port = self.metrics.serve(host, port)
-            except OSError as error:  # in use, not ours to bind, or a host that does not resolve
-                reason = error.strerror or str(error)
-                raise ConfigError(f"metrics {host}:{port}: cannot serve: {reason}") from None
-            log.info("metrics on http://%s:%d/metrics", self.config.metrics.host, self.metrics_port)
-        if self.config.view.enabled:
-            host, port = self.config.view.host, self.config.view.port
-            try:
-                self.view = ViewServer(host, port, self.cameras).start()
-            except OSError as error:
-                reason = error.strerror or str(error)
-                raise ConfigError(f"view {host}:{port}: cannot serve: {reason}") from None
-            log.info("live view on http://%s:%d/", host, self.view.port)
+        metrics, view = self.config.metrics, self.config.view
+        if metrics.enabled:
+            self.metrics_port = listening("metrics", metrics.host, metrics.port, self.metrics.serve)
+            log.info("metrics on http://%s:%d/metrics", metrics.host, self.metrics_port)
+        if view.enabled:
+            self.view = listening(
+                "view", view.host, view.port, lambda h, p: ViewServer(h, p, self.cameras).start()
+            )
+            log.info("live view on http://%s:%d/", view.host, self.view.port)
         self.publisher.start()
         self.pool.start()
         for reader in self.readers:
@@ -179,6 +174,16 @@ def make_publisher(config: EdgeConfig) -> Publisher:
     if config.mqtt is None:
         return StdoutPublisher()
     return MqttPublisher(config.mqtt, config.device_id, [c.name for c in config.cameras])
+
+
+def listening(what: str, host: str, port: int, start: Callable[[str, int], T]) -> T:
+    """Start a server on ``host:port``; a port in use, not ours to bind, or a host that does not
+    resolve is a start-up failure (exit code 2) that names the server and the address."""
+    try:
+        return start(host, port)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(f"{what} {host}:{port}: cannot serve: {reason}") from None
 
 
 def analysis_workers(config: EdgeConfig) -> int:

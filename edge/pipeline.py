@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +60,7 @@ class CameraAnalysis:
         publisher: Publisher,
         metrics: Metrics,
         fps: float,
+        keep_shown: bool = False,
     ) -> None:
         self.device_id, self.reader, self.scanner = device_id, reader, scanner
         self.tracker, self.publisher, self.metrics = tracker, publisher, metrics
@@ -73,7 +73,7 @@ class CameraAnalysis:
         self.done = False  # its file ended and its tracks are closed
         self._last_failure_log = 0.0
         self._state: tuple[int, str] | None = None  # last published (faces, dominant emotion)
-        self.keep_shown = False  # the live view is on: keep the latest frame (not a copy)
+        self.keep_shown = keep_shown  # the live view is on: keep the latest frame (not a copy)
         self.shown: Shown | None = None
         self._analysed_at: deque[float] = deque(maxlen=32)
 
@@ -173,9 +173,6 @@ class CameraAnalysis:
 
     def _no_probs(self) -> np.ndarray:
         return np.zeros((0, len(self.tracker.labels)), np.float32)
-
-
-Job = Callable[[EmotionClassifier], None]
 
 
 class AnalysisPool:

@@ -108,7 +108,7 @@ class EdgeConfig(BaseSettings):
         allow_inf_nan=False,
     )
 
-    device_id: str = Field(default_factory=lambda: default_device_id(), pattern=NAME_PATTERN)
+    device_id: str = Field(default_factory=default_device_id, pattern=NAME_PATTERN)
     cameras: list[CameraConfig] = Field(min_length=1)
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
