@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from convert.recipe import LABELS, QatRecipe, Recipe
+    from convert.recipe import AUGMENTATIONS, LABELS, QatRecipe, Recipe
 
     defaults = Recipe()
     top = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
@@ -72,8 +72,16 @@ def parser() -> argparse.ArgumentParser:
         "--init", type=Path, help="start from the weights of an earlier run's .keras model"
     )
     train.add_argument("--schedule", choices=("plateau", "cosine"), default=defaults.schedule)
+    train.add_argument(
+        "--augment",
+        choices=AUGMENTATIONS,
+        default=defaults.augment,
+        help="jitter of the training faces: flip, rotation, zoom, shift, contrast, brightness, "
+        "erasing (full); flip, rotation, zoom, shift (geometric); or the mirror image only "
+        f"(flip); default {defaults.augment}",
+    )
     for spec in fields(Recipe):
-        if spec.name in {"backbone", "weights", "schedule", "labels"}:
+        if spec.name in {"backbone", "weights", "schedule", "labels", "augment"}:
             continue
         flag = "--" + spec.name.replace("_", "-")
         train.add_argument(

@@ -69,31 +69,37 @@ def class_weights(counts: np.ndarray, power: float) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def augmentation() -> keras.Sequential:
-    """Faces are near-frontal and mirror-symmetric: small geometric and photometric jitter."""
-    return keras.Sequential(
-        [
-            layers.RandomFlip("horizontal"),
+def augmentation(kind: str = "full") -> keras.Sequential:
+    """Faces are near-frontal and mirror-symmetric: small geometric and photometric jitter
+    (``full``), the geometric part alone (``geometric``: crops as other face detectors make
+    them), or the mirror image alone (``flip``)."""
+    steps = [layers.RandomFlip("horizontal")]
+    if kind in ("full", "geometric"):
+        steps += [
             layers.RandomRotation(0.04, fill_mode="nearest"),  # +-15 degrees
             layers.RandomZoom(0.1, fill_mode="nearest"),
             layers.RandomTranslation(0.08, 0.08, fill_mode="nearest"),
+        ]
+    if kind == "full":
+        steps += [
             layers.RandomContrast(0.3),
             layers.RandomBrightness(0.2, value_range=(0, 255)),
             # Hides part of the face, as hands, glasses and masks do in the field.
             layers.RandomErasing(factor=0.5, scale=(0.02, 0.15), value_range=(0, 255)),
-        ],
-        name="augmentation",
-    )
+        ]
+    return keras.Sequential(steps, name="augmentation")
 
 
-def training_batches(data: Targets, batch_size: int, seed: int) -> tf.data.Dataset:
+def training_batches(
+    data: Targets, batch_size: int, seed: int, augment: str = "full"
+) -> tf.data.Dataset:
     """Shuffled, augmented batches of (faces, targets, weights)."""
     images = data.images[..., np.newaxis].astype(np.float32)
     ds = tf.data.Dataset.from_tensor_slices((images, data.targets, data.weights))
     ds = ds.shuffle(len(data), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    augment = augmentation()
+    jitter = augmentation(augment)
     ds = ds.map(
-        lambda x, y, w: (augment(x, training=True), y, w), num_parallel_calls=tf.data.AUTOTUNE
+        lambda x, y, w: (jitter(x, training=True), y, w), num_parallel_calls=tf.data.AUTOTUNE
     )
     return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -62,7 +62,9 @@ def quantization_aware_candidates(
     tf_keras.utils.set_random_seed(recipe.seed)
     twin = fold_batch_norms(legacy_twin(model, recipe, tf_keras, train.images[:64]), tf_keras)
     same_predictions(model, twin, train.images[:64], "the model with BatchNorm folded")
-    train_ds = training_batches(targets_for(train, recipe), recipe.batch_size, recipe.seed)
+    train_ds = training_batches(
+        targets_for(train, recipe), recipe.batch_size, recipe.seed, recipe.augment
+    )
     with _range_tracking(tfmot) as decay:
         decay.value = qat.calibration_decay
         quantized = _quantize(twin, tfmot, tf_keras)

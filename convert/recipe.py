@@ -18,10 +18,16 @@ LABELS = ("fer2013", "ferplus", "mix")
 - ``mix``: ``ferplus_weight`` x the FER+ distribution + the rest x the FER2013 label.
 """
 
+AUGMENTATIONS = ("full", "geometric", "flip")
+"""How training faces are jittered (``convert.dataset.augmentation``): ``full`` (flip, small
+rotation, zoom, shift, contrast, brightness, erasing), ``geometric`` (flip, rotation, zoom,
+shift: other detectors' crops) or ``flip`` (mirror only)."""
+
 
 @dataclass(frozen=True)
 class Recipe:
-    """Hyperparameters of a training run; the defaults are the shipped model's recipe."""
+    """Hyperparameters of a training run; the defaults are the recipe of the shipped model's
+    long runs, the flags of its short last step are in models/MODEL_CARD.md."""
 
     backbone: str = "mobilenetv2"
     weights: str = "imagenet"
@@ -53,11 +59,18 @@ class Recipe:
     teacher_weight: float = 0.5
     # One annotator's label is often wrong: soften the targets a little. Vote distributions are
     # soft already, but a unanimous one is one-hot again, so smoothing applies to every target.
+    # A short final run on mix targets (the shipped model's last step) is better without it:
+    # the mix is soft already (models/MODEL_CARD.md, experiments).
     label_smoothing: float = 0.1
     # Class weights (N / (K * n_c)) ** power, n_c the expected count of class c under the targets:
     # 1 balances fully (disgust is 1.5% of FER2013 train, 0.7% of the FER+ majority) but costs
-    # overall accuracy; 0.5 lifts rare classes while keeping the majority ones.
+    # overall accuracy; 0.5 lifts rare classes while keeping the majority ones. 0 in the shipped
+    # model's last step: ``convert adjust`` then sets the class prior on val, after training.
     class_weight_power: float = 0.5
+    # Jitter of the training faces (AUGMENTATIONS above). ``full`` for long runs from ImageNet;
+    # a short final run with ``flip`` fits FER2013's own crops better (the shipped model's last
+    # step; models/MODEL_CARD.md, experiments).
+    augment: str = "full"
     seed: int = 1337
 
     def __post_init__(self) -> None:
@@ -65,6 +78,10 @@ class Recipe:
 
         if self.labels not in LABELS:
             raise ConvertError(f"--labels {self.labels}: expected one of {', '.join(LABELS)}")
+        if self.augment not in AUGMENTATIONS:
+            raise ConvertError(
+                f"--augment {self.augment}: expected one of {', '.join(AUGMENTATIONS)}"
+            )
         for name in ("ferplus_weight", "teacher_weight", "label_smoothing"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:

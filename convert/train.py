@@ -68,7 +68,7 @@ def train(
             "(not faces to FER+) are left out",
             flush=True,
         )
-    train_ds = training_batches(targets, recipe.batch_size, recipe.seed)
+    train_ds = training_batches(targets, recipe.batch_size, recipe.seed, recipe.augment)
     model, backbone = build_model(recipe.backbone, recipe.weights, recipe.image_size, recipe.alpha)
     if init is not None:
         load_weights(model, init)

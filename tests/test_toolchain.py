@@ -233,6 +233,10 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
         ),
         (("evaluate", "--model", "/no/model.tflite", "--data", SAMPLE_CSV), "model file not found"),
         (
+            ("train", "--data", SAMPLE_CSV, "--augment", "crop", "--out", "x.keras"),
+            "invalid choice: 'crop'",
+        ),
+        (
             ("export", "--model", SAMPLE_CSV.with_suffix(".keras"), "--out", "x.tflite"),
             "model file not found",
         ),
@@ -244,6 +248,7 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
         "not-tflite",
         "qat-not-int8",
         "missing-model",
+        "unknown-augmentation",
         "missing-keras",
     ],
 )
@@ -340,3 +345,17 @@ def test_quantization_aware_export_of_a_foreign_model_is_a_clear_error(tmp_path:
     assert "cannot rebuild the model for quantization-aware fine-tuning" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "foreign.tflite").exists()
+
+
+def test_flip_augmentation_shows_each_training_face_as_itself_or_its_mirror_image():
+    """--augment flip: no rotation, zoom, shift or photometric change reaches the network."""
+    from convert.dataset import augmentation
+
+    faces = np.random.default_rng(0).integers(0, 256, (64, 48, 48, 1)).astype(np.float32)
+    for kind, only_mirrors in (("flip", True), ("geometric", False), ("full", False)):
+        seen = np.asarray(augmentation(kind)(faces, training=True))
+        same = np.all(seen == faces, axis=(1, 2, 3))
+        mirrored = np.all(seen == faces[:, :, ::-1], axis=(1, 2, 3))
+        assert (same | mirrored).all() == only_mirrors, kind
+        if only_mirrors:
+            assert same.any() and mirrored.any()  # the mirror image half of the time
