@@ -1,7 +1,7 @@
 # edge-emotion container images.
 #
 #   runtime (default target): the daemon on the LiteRT interpreter, OpenCV headless and the
-#            shipped int8 model; no TensorFlow, no compiler, runs as uid 10001 (group video).
+#            shipped model; no TensorFlow, no compiler, runs as uid 10001 (group video).
 #   convert: the training/conversion toolchain with TensorFlow (pip install .[convert]).
 #
 #   podman build --format docker -t edge-emotion .                  # docker build -t edge-emotion .

@@ -48,9 +48,10 @@ class ModelMetadata:
     pixel_offset: float = 0.0
     output: str = "probabilities"  # probabilities | logits
     # Average each face with its mirror image (one invocation of twice the batch): faces are
-    # near-symmetric, so this is cheap test-time augmentation. On for the shipped int8 model,
-    # where averaging two passes also averages out rounding noise: +1.3 points for 1.9x the time
-    # (`bench/model.py --flip`, models/MODEL_CARD.md); on the float16 model it gave +0.1.
+    # near-symmetric, so this is cheap test-time augmentation. On for the shipped model: +0.9
+    # FER2013 and +1.3 FER+ points on val (models/MODEL_CARD.md); on int8 files averaging two
+    # passes also averages out rounding noise (+1.3 points for 1.9x the time, `bench/model.py
+    # --flip`).
     test_time_flip: bool = False
     quantization: str = "none"
     input_dtype: str = "float32"
