@@ -97,9 +97,8 @@ SHIFTS = {
 }
 
 
-def accuracies(model: Path, val: Split) -> tuple[dict, dict]:
+def accuracies(batch: EmotionClassifier, val: Split) -> tuple[dict, dict]:
     """(FER2013-label report, FER+ majority report or {}) over the whole split, batched."""
-    batch = EmotionClassifier(model, num_threads=2)
     faces = [batch.predict(val.images[i : i + 256]) for i in range(0, len(val), 256)]
     predicted = np.concatenate(faces).argmax(axis=1)
     ferplus = {}
@@ -115,11 +114,12 @@ def shifted(models: list[tuple[str, Path]], val: Split) -> None:
     print("shifted faces (FER2013 labels / FER+ majority):")
     print(f"  {'shift':<20}" + "".join(f"{name:>18}" for name, _ in models))
     table = {name: [] for name, _ in models}
+    classifiers = {name: EmotionClassifier(path, num_threads=2) for name, path in models}
     for shift, change in SHIFTS.items():
         faces = replace(val, images=np.stack([change(face) for face in val.images]))
         cells = ""
-        for name, path in models:
-            fer2013, ferplus = accuracies(path, faces)
+        for name, classifier in classifiers.items():
+            fer2013, ferplus = accuracies(classifier, faces)
             table[name].append((fer2013["accuracy"], ferplus.get("accuracy", float("nan"))))
             cells += f"{fer2013['accuracy']:>10.4f} / {ferplus.get('accuracy', float('nan')):.4f}"
         print(f"  {shift:<20}{cells}")
@@ -132,7 +132,7 @@ def shifted(models: list[tuple[str, Path]], val: Split) -> None:
 
 def measure(name: str, model: Path, val: Split, latency_faces: int) -> dict:
     one = EmotionClassifier(model, num_threads=1)
-    report, ferplus = accuracies(model, val)
+    report, ferplus = accuracies(EmotionClassifier(model, num_threads=2), val)
     timing = latency(one.predict, val.images[:latency_faces])
     row = {
         "name": name,
