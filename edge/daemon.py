@@ -118,6 +118,9 @@ class Daemon:
             if not self.pool.alive:  # cannot happen by design: let systemd restart us
                 log.error("an analysis worker stopped unexpectedly; exiting to be restarted")
                 return 1
+            if any(reader.crashed for reader in self.readers):
+                log.error("a camera reader stopped unexpectedly; exiting to be restarted")
+                return 1
             if self.pool.done:
                 log.info("every source has ended")
                 return 0

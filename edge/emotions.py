@@ -81,7 +81,7 @@ class ModelMetadata:
                 "`python -m convert export` writes next to it"
             )
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(raw, dict):
                 raise ModelError(f"{path}: model metadata must be a JSON object")
             _check_types(path, raw)
@@ -96,6 +96,8 @@ class ModelMetadata:
             raise
         except (ValueError, TypeError, KeyError) as error:
             raise ModelError(f"{path}: invalid model metadata: {error}") from None
+        except OSError as error:
+            raise ModelError(f"{path}: cannot read the model metadata: {error.strerror}") from None
         if not isinstance(meta.test_time_flip, bool):
             raise ModelError(f"{path}: test_time_flip must be true or false")
         if meta.color not in {"gray", "rgb", "bgr"} or meta.output not in {
@@ -138,6 +140,13 @@ def _check_types(path: Path, raw: dict) -> None:
     labels = raw.get("labels", [])
     if not labels or not all(isinstance(label, str) and label for label in labels):
         raise ModelError(f"{path}: labels must be a non-empty list of names")
+    if len(set(labels)) != len(labels):
+        raise ModelError(f"{path}: labels must be distinct names, not {labels}")
+    quant = raw.get("input_quant", [1.0, 0])
+    if len(quant) != 2 or not all(
+        isinstance(q, int | float) and not isinstance(q, bool) for q in quant
+    ):
+        raise ModelError(f"{path}: input_quant must be [scale, zero_point], not {quant}")
     for name in ("input_height", "input_width", "input_channels"):
         if name in raw and raw[name] <= 0:
             raise ModelError(f"{path}: {name} must be positive, not {raw[name]}")
@@ -150,7 +159,10 @@ class EmotionClassifier:
         self.path = Path(model_path)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
-        content = self.path.read_bytes()
+        try:
+            content = self.path.read_bytes()
+        except OSError as error:
+            raise ModelError(f"{self.path}: cannot read the model: {error.strerror}") from None
         if content[4:8] != b"TFL3":
             raise ModelError(f"{self.path}: not a TFLite model (no TFL3 flatbuffer identifier)")
         self.metadata = ModelMetadata.read(self.path)

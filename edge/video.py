@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from edge.config import CameraConfig
+from edge.config.camera import mask_urls
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class CameraReader:
         self._fresh = threading.Condition()
         self._stop = threading.Event()
         self._finished = threading.Event()
+        self.crashed = False  # stopped by an error of ours, not by its source: see _run
         self._warned = False
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.name}", daemon=True)
 
@@ -252,6 +254,15 @@ class CameraReader:
                 if not ended:
                     self.stats.reconnects += 1
                     self._down(f"stream stopped delivering frames ({why}); reopening")
+        except Exception as error:  # a bug, or a library failing in a way not foreseen
+            # Not "the source ended": the daemon exits 1 so that systemd restarts it.
+            self.crashed = True
+            log.error(
+                "camera %s: reader stopped by %s: %s",
+                self.camera.name,
+                type(error).__name__,
+                mask_urls(str(error)),
+            )
         finally:
             self.stats.up = False
             self._finished.set()

@@ -48,6 +48,19 @@ SECRETS = ("t0psecret", "p/a#s?w", "hunter2", "envsecret")
             },
             {},
         ),
+        (
+            {"cameras": [{"name": "a", "source": str(CLIP)}]},
+            {"EDGE_MQTT": '{"host": "h", "password": "envsecret", "bad"'},
+        ),
+        (
+            {
+                "cameras": [{"name": "a", "source": str(CLIP)}],
+                "mqtt": {"host": "mqtt://edge:hunter2@127.0.0.1"},
+            },
+            {},
+        ),
+        ({"cameras": [{"name": "a", "source": "rtsp:/admin:t0psecret@127.0.0.1:1/x"}]}, {}),
+        ({"cameras": [{"name": "a", "source": "admin:t0psecret@192.0.2.1/x"}]}, {}),
     ],
     ids=[
         "misspelt-password",
@@ -57,6 +70,10 @@ SECRETS = ("t0psecret", "p/a#s?w", "hunter2", "envsecret")
         "misspelt-source",
         "password-with-slash-hash-query",
         "credentials-in-query",
+        "section-variable-not-json",
+        "broker-url-as-host",
+        "scheme-with-one-slash",
+        "url-without-scheme",
     ],
 )
 def test_a_configuration_error_never_prints_a_secret(tmp_path, config, env):
@@ -77,12 +94,41 @@ def test_a_configuration_error_never_prints_a_secret(tmp_path, config, env):
         assert not any(secret in output for secret in SECRETS), output
 
 
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("mqtt:\n  host: h\n  password: hunter2: x\n", "line 4, column 20"),
+        ('mqtt:\n  host: h\n  password: "hunter2\n', "line 5, column 1"),
+    ],
+    ids=["colon-in-password", "unclosed-quote"],
+)
+def test_a_yaml_mistake_on_a_secret_line_names_the_place_not_the_text(tmp_path, text, line):
+    path = tmp_path / "edge.yaml"
+    path.write_text(f"cameras: [{{name: a, source: {CLIP}}}]\n" + text)
+    first = one_line_exit_2(run_daemon(path))
+    assert f"{path}: not valid YAML at {line}" in first
+    assert "hunter2" not in run_daemon(path).stderr
+
+
+def test_a_key_given_twice_is_refused_not_silently_replaced(tmp_path):
+    """YAML keeps the last of two `mqtt:` blocks: the first one's password would vanish."""
+    path = tmp_path / "edge.yaml"
+    path.write_text(
+        f"cameras: [{{name: a, source: {CLIP}}}]\n"
+        "mqtt: {host: h, password: hunter2}\nmqtt: {host: h}\n"
+    )
+    assert "line 3, column 1: key 'mqtt' appears twice" in one_line_exit_2(run_daemon(path))
+
+
 def test_check_config_masks_credentials_by_structure(tmp_path):
     path = tmp_path / "edge.yaml"
     sources = [
         "rtsp://admin:p/a#s?w@192.0.2.1:554/x",
         "rtsp://192.0.2.2/user=admin&password=hunter2&channel=1",
         "rtsp://192.0.2.3/live?user=admin&password=t0psecret",
+        "rtsp://192.0.2.4/videoMain?usr=admin&pwd=hunter2",
+        "http://192.0.2.5/videostream.cgi?loginuse=admin&loginpas=hunter2",
+        "rtsp://192.0.2.6/live?user_password=hunter2&pw=t0psecret",
     ]
     path.write_text(
         yaml.safe_dump({"cameras": [{"name": f"c{i}", "source": s} for i, s in enumerate(sources)]})
@@ -257,8 +303,26 @@ def test_a_configuration_file_that_is_not_yaml_text_is_one_clear_line(tmp_path, 
         ({"mqtt": {"host": "h", "topic_prefix": "$SYS/edge"}}, {}, "mqtt.topic_prefix"),
         ({"mqtt": {"host": "h", "client_id": ""}}, {}, "mqtt.client_id"),
         ({"tracking": {"lost_after_s": float("inf")}}, {}, "tracking.lost_after_s"),
+        ({}, {"EDGE_MQTT_HOST": "broker"}, "EDGE_MQTT_HOST is not a setting"),
+        ({}, {"EDGE_MQTT__PORT": "abc"}, "mqtt.port"),
+        ({"mqtt": {"host": "127.0.0.1", "tls": {"ca_file": str(CLIP)}}}, {}, "mqtt.tls.ca_file"),
+        ({"mqtt": {"host": "127.0.0.1", "tls": {"cert_file": str(CLIP)}}}, {}, "mqtt.tls.cert"),
+        ({"mqtt": {"host": "h", "tls": {"key_file": str(CLIP)}}}, {}, "give cert_file too"),
+        ({"device_id": "x" * 65}, {}, "device_id"),
     ],
-    ids=["env-json", "metrics-host", "topic-prefix-dollar", "empty-client-id", "infinite"],
+    ids=[
+        "env-json",
+        "metrics-host",
+        "topic-prefix-dollar",
+        "empty-client-id",
+        "infinite",
+        "variable-naming-no-setting",
+        "variable-of-wrong-type",
+        "ca-file-not-certificates",
+        "cert-file-not-a-certificate",
+        "key-without-certificate",
+        "device-id-too-long",
+    ],
 )
 def test_start_up_failures_are_one_line_and_exit_2(tmp_path, change, env, expected):
     path = tmp_path / "edge.yaml"
@@ -282,8 +346,15 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp_path):
 
 @pytest.mark.parametrize(
     "change",
-    [{"pixel_scale": "1"}, {"input_height": True}, {"labels": []}, None],
-    ids=["string-scale", "bool-size", "no-labels", "not-an-object"],
+    [
+        {"pixel_scale": "1"},
+        {"input_height": True},
+        {"labels": []},
+        {"labels": ["a"] * 7},
+        {"input_quant": [1]},
+        None,
+    ],
+    ids=["string-scale", "bool-size", "no-labels", "same-label", "half-quant", "not-an-object"],
 )
 def test_model_metadata_of_the_wrong_type_stops_start_up(tmp_path, change):
     model = tmp_path / "model.tflite"

@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 
 from edge.comms import PublisherStats
 from edge.comms.homeassistant import discovery_messages, state_topic
-from edge.config import MqttConfig, TlsConfig
+from edge.config import ConfigError, MqttConfig, TlsConfig
 from edge.events import CameraState, Event
 
 log = logging.getLogger(__name__)
@@ -289,9 +289,27 @@ class MqttPublisher:
 
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:
     """Verify the broker against ``ca_file`` (or the system CAs), present a client certificate
-    when one is configured; ``insecure`` skips only the host name check."""
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    when one is configured; ``insecure`` skips only the host name check. A file that is not
+    what its key says is a configuration error (exit 2), named with its key."""
+    try:
+        context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigError(
+            f"mqtt.tls.ca_file {tls.ca_file}: not usable as CA certificates: {_why(error)}"
+        ) from None
     context.check_hostname = not tls.insecure
     if tls.cert_file:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
+        try:
+            # An encrypted key would make OpenSSL prompt on a terminal a service does not have.
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=lambda: b"")
+        except (ssl.SSLError, OSError) as error:
+            raise ConfigError(
+                f"mqtt.tls.cert_file {tls.cert_file}"
+                + (f" / key_file {tls.key_file}" if tls.key_file else "")
+                + f": not a usable certificate and private key: {_why(error)}"
+            ) from None
     return context
+
+
+def _why(error: Exception) -> str:
+    return getattr(error, "strerror", None) or getattr(error, "reason", None) or str(error)

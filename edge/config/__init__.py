@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 
+ENV_PREFIX = "EDGE_"
 # Keys whose values are never printed, whatever the problem with them.
 SECRET_KEY = re.compile(r"(?i)pass|secret|token|credential|key_file|api_?key")
 
@@ -101,14 +102,14 @@ class TrackingConfig(BaseModel):
 
 class EdgeConfig(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="EDGE_",
+        env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
         case_sensitive=False,
         allow_inf_nan=False,
     )
 
-    device_id: str = Field(default_factory=default_device_id, pattern=NAME_PATTERN)
+    device_id: str = Field(default_factory=default_device_id, pattern=NAME_PATTERN, max_length=64)
     cameras: list[CameraConfig] = Field(min_length=1)
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig = MetricsConfig()
@@ -120,13 +121,21 @@ class EdgeConfig(BaseSettings):
     workers: int = Field(0, ge=0, le=64)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
-    @model_validator(mode="after")
-    def _unique_camera_names(self) -> EdgeConfig:
-        names = [camera.name for camera in self.cameras]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"camera names must be unique: {', '.join(duplicates)}")
-        return self
+    @field_validator("cameras")
+    @classmethod
+    def _unique_camera_names(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        # Compared as Home Assistant's entity ids and dashboards see them: "Door" and "door",
+        # or "a-b" and "a_b", would be one sensor there.
+        seen: dict[str, str] = {}
+        for camera in cameras:
+            key = camera.name.lower().replace("-", "_")
+            if key in seen:
+                raise ValueError(
+                    f"camera names must be unique (ignoring case, '-' = '_'): "
+                    f"{seen[key]!r} and {camera.name!r}"
+                )
+            seen[key] = camera.name
+        return cameras
 
     @classmethod
     def settings_customise_sources(
@@ -158,6 +167,7 @@ def load_config(
     if path is not None:
         raw = _read_yaml(Path(path))
     where = f"{path}: " if path else ""
+    _refuse_unknown_variables()
     try:
         return EdgeConfig(**raw)
     except ValidationError as error:
@@ -173,6 +183,31 @@ def load_config(
             f"{where}cannot read {error.filename}: {error.strerror} "
             "(is it readable by the daemon's user?)"
         ) from None
+
+
+def _refuse_unknown_variables() -> None:
+    """An ``EDGE_*`` variable that names no setting (``EDGE_MQTT_HOST`` for ``EDGE_MQTT__HOST``)
+    would be ignored by pydantic-settings, and the daemon would run without what it says."""
+    known = {name.upper() for name in EdgeConfig.model_fields}
+    for variable in sorted(os.environ):
+        name = variable.upper()
+        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :].split("__")[0] not in known:
+            raise ConfigError(
+                f"environment: {variable} is not a setting (EDGE_ + a key, with __ between "
+                "levels: EDGE_MQTT__HOST; top-level keys: "
+                f"{', '.join(sorted(EdgeConfig.model_fields))})"
+            )
+
+
+def _variable_for(loc: tuple) -> str | None:
+    """The ``EDGE_*`` variable a problem's value came from, if one is set (the deepest)."""
+    parts = [str(part).upper() for part in loc]
+    present = {name.upper(): name for name in os.environ}
+    for depth in range(len(parts), 0, -1):
+        name = ENV_PREFIX + "__".join(parts[:depth])
+        if name in present:
+            return present[name]
+    return None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -191,9 +226,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if "\x00" in text:
         raise ConfigError(f"{path}: a binary file, not a YAML configuration")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {mask_urls(str(error))}") from None
+        raise ConfigError(f"{path}: not valid YAML{_where(error)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -201,17 +236,61 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping: YAML keeps the last silently,
+    so a second ``mqtt:`` block would drop the first one's password without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key if isinstance(key, str | int | float | bool) else id(key_node))
+        return super().construct_mapping(node, deep=deep)
+
+
+def _where(error: yaml.YAMLError) -> str:
+    """Line, column and the parser's problem: never the offending text, which may be a
+    password (``password: "hunter2`` with its quote unclosed)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or "cannot parse"
+    if mark is None:
+        return f": {problem}"
+    return f" at line {mark.line + 1}, column {mark.column + 1}: {mask_urls(problem)}"
+
+
+# Quoted after a problem only if it cannot hold a credential: no user:pass@, no key=value,
+# no JSON (EDGE_MQTT with broken JSON holds the password).
+HIDDEN_IN = ("@", "://", "=", "{", "[", '"')
+
+
 def describe(error: ValidationError) -> str:
     """One line per problem: ``cameras.0.fps: Input should be greater than 0 (got -1)``."""
     lines = []
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        message = problem["msg"]
-        value = problem.get("input")
-        shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
-        if problem["type"] == "extra_forbidden" or SECRET_KEY.search(key):
-            # An unknown key is often a misspelt secret (mqtt.pasword): never echo its value.
-            message = "unknown key" if problem["type"] == "extra_forbidden" else message
-            shown = ""
-        lines.append(mask_urls(f"  {key}: {message}{shown}"))
+        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        line = f"  {key}: {message}{_shown(problem, key)}{_from_variable(problem)}"
+        lines.append(mask_urls(line))
     return "\n".join(lines)
+
+
+def _shown(problem: dict, key: str) -> str:
+    """`` (got VALUE)``, or nothing where the value might be secret: an unknown key (often a
+    misspelt secret: mqtt.pasword), a secret's key, or text that looks like credentials."""
+    value = problem.get("input")
+    if problem["type"] == "extra_forbidden" or SECRET_KEY.search(key):
+        return ""
+    if isinstance(value, bool | int | float):
+        return f" (got {value!r})"
+    if isinstance(value, str) and len(value) <= 120 and not any(h in value for h in HIDDEN_IN):
+        return f" (got {value!r})"
+    return ""
+
+
+def _from_variable(problem: dict) -> str:
+    variable = _variable_for(problem["loc"])
+    return f" (from {variable})" if variable else ""

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"  # safe as one MQTT topic level and as a metric label
 # Not rtmp: FFmpeg's "timeout" option (set for every stream, see edge.video) makes RTMP listen.
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "udp", "tcp")
+# OpenCV takes an index as a C int and V4L2 numbers devices from 0; no machine has 1000 cameras.
+MAX_USB_INDEX = 999
 
 
 class CameraConfig(BaseModel):
@@ -24,24 +26,41 @@ class CameraConfig(BaseModel):
     open_timeout_s: float = Field(5.0, gt=0, le=60)
     read_timeout_s: float = Field(5.0, gt=0, le=60)
 
-    @field_validator("source")
+    @field_validator("source", mode="before")
     @classmethod
-    def _known_source(cls, value: int | str) -> int | str:
+    def _known_source(cls, value: object) -> object:
+        # Messages never quote the source: a mistyped URL may still carry a password.
+        if isinstance(value, bool):
+            raise ValueError(
+                "expected a stream URL, a USB camera index or a video file, not a boolean"
+            )
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
         if isinstance(value, int):
-            if value < 0:
-                raise ValueError("a USB camera index must be 0 or more")
+            if not 0 <= value <= MAX_USB_INDEX:
+                raise ValueError(f"a USB camera index must be 0 to {MAX_USB_INDEX}")
             return value
-        if value.isdigit():
-            return int(value)
-        scheme = urlsplit(value).scheme.lower()
-        if scheme in STREAM_SCHEMES or value.startswith("/dev/"):
+        if not isinstance(value, str):
+            return value  # pydantic names the wrong type
+        scheme = urlsplit(value).scheme.lower() if ":" in value else ""
+        if value.startswith("/dev/"):
+            return value
+        if scheme in STREAM_SCHEMES:
+            if "://" not in value:
+                raise ValueError(
+                    f"a {scheme} URL needs '://' after the scheme ({scheme}://host/path)"
+                )
             return value
         if "://" in value:
             raise ValueError(
                 f"unsupported stream scheme {scheme!r} (use {', '.join(STREAM_SCHEMES)})"
             )
+        if "@" in value:
+            raise ValueError(
+                "looks like a stream URL without its scheme: put rtsp:// (or another) first"
+            )
         if not Path(value).is_file():
-            raise ValueError(f"video file {value!r} does not exist")
+            raise ValueError("no such video file (nor a stream URL or USB camera index)")
         return value
 
     @property
@@ -56,9 +75,11 @@ class CameraConfig(BaseModel):
 
 
 # key=value pairs that carry credentials in a URL's path or query (many cameras take
-# ``/user=admin&password=...`` or ``?user=...&password=...``).
+# ``/user=admin&password=...``, ``?usr=admin&pwd=...`` or ``?loginuse=...&loginpas=...``): any
+# key that contains one of these words, whatever is around it (``user_password``).
 CREDENTIAL_PAIR = re.compile(
-    r"(?i)\b(user(?:name)?|login|pass(?:word|wd)?|pwd|token|auth|secret|(?:api_?)?key)=[^&;/?#\s]*"
+    r"(?i)([A-Za-z0-9_.-]*(?:user|usr|login|pass|pwd|pw|token|auth|secret|key|sig)"
+    r"[A-Za-z0-9_.-]*)=[^&;/?#\s]*"
 )
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 

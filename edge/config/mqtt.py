@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr
+import re
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+
+# A host name, IPv4 or IPv6 address (bracketed or not).
+HOST = re.compile(r"^[^\s/@:\[\]]+$|^\[?[0-9A-Fa-f:.]+\]?$")
 # Topic levels without wildcards or blanks; not starting with "$" (reserved for the broker's
 # own topics, such as $SYS: a client cannot publish there).
 TOPIC_LEVEL = r"^[^/#+\s$][^/#+\s]*(/[^/#+\s]+)*$"
@@ -16,6 +28,12 @@ class TlsConfig(BaseModel):
     cert_file: FilePath | None = None
     key_file: FilePath | None = None
     insecure: bool = Field(False, description="skip host name verification (testing only)")
+
+    @model_validator(mode="after")
+    def _key_needs_certificate(self) -> TlsConfig:
+        if self.key_file and not self.cert_file:
+            raise ValueError("key_file is the private key of cert_file: give cert_file too")
+        return self
 
 
 class HomeAssistantConfig(BaseModel):
@@ -33,9 +51,9 @@ class HomeAssistantConfig(BaseModel):
 class MqttConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    host: str = Field(min_length=1)
+    host: str = Field(min_length=1, max_length=253)
     port: int = Field(1883, ge=1, le=65535)
-    topic_prefix: str = Field("edge-emotion", pattern=TOPIC_LEVEL)
+    topic_prefix: str = Field("edge-emotion", pattern=TOPIC_LEVEL, max_length=128)
     qos: int = Field(1, ge=0, le=2)
     client_id: str | None = Field(
         None, min_length=1, max_length=128, description="default: edge-emotion-<device_id>"
@@ -48,3 +66,15 @@ class MqttConfig(BaseModel):
     queue_size: int = Field(10000, ge=1, le=60000)  # MQTT message ids wrap at 65535
     reconnect_max_s: float = Field(30.0, ge=1, le=600)
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+
+    @field_validator("host")
+    @classmethod
+    def _host_only(cls, value: str) -> str:
+        # A URL here (mqtt://user:pass@host) would put credentials where every log line about
+        # the connection shows them; the message never quotes the value.
+        if not HOST.match(value):
+            raise ValueError(
+                "expected a host name or IP address only (the port goes in mqtt.port, "
+                "credentials in mqtt.username and mqtt.password)"
+            )
+        return value
