@@ -98,7 +98,12 @@ def reload_in_place() -> None:
 
 
 def check_config(args: argparse.Namespace) -> int:
+    """What ``run`` would refuse at start-up, refused here too: the model is loaded (file,
+    metadata, interpreter), not just found."""
+    from edge.emotions import EmotionClassifier
+
     config = load_config(args.config)
+    EmotionClassifier(config.model.path)
     print(json.dumps(config.masked(), indent=2))
     return 0
 

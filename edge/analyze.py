@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from edge import DEFAULT_MODEL, MAX_IMAGE_PIXELS
-from edge.emotions import EmotionClassifier
+from edge.emotions import EmotionClassifier, native_stderr_silenced
 from edge.faces import FaceDetector, crop, to_gray
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
@@ -43,6 +43,8 @@ def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
 
 
 def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
+    if path.is_dir():
+        raise OSError(f"{path}: a directory, not an image or video")
     if not path.is_file():
         raise OSError(f"{path}: no such file")
     if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -56,9 +58,13 @@ def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
             raise OSError(f"{path}: not a readable image, skipped")
         yield 0, image
         return
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    # FFmpeg and OpenCV print their own complaints ("moov atom not found") to fd 2 when a file
+    # is not a video; the line below says it once, in our words.
+    with native_stderr_silenced():
+        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     try:
-        ok, image = capture.read()
+        with native_stderr_silenced():
+            ok, image = capture.read()
         if not ok:
             raise OSError(f"{path}: not a readable image or video")
         index = 0

@@ -87,6 +87,8 @@ class Daemon:
         self.metrics.watch(
             lambda: [(r.camera.name, r.stats) for r in self.readers], self.publisher.stats
         )
+        for camera in config.cameras:
+            self.metrics.add_camera(camera.name)
         self.metrics_port: int | None = None
         self.view: ViewServer | None = None
 

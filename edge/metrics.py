@@ -58,6 +58,12 @@ class Metrics:
         # process_resident_memory_bytes, process_cpu_seconds_total...: what a long run costs.
         ProcessCollector(registry=r)
 
+    def add_camera(self, name: str) -> None:
+        """Series at 0 from the start: a camera that never delivers a frame must show up as
+        ``rate(..._frames_processed_total) == 0`` in an alert, not as a missing series."""
+        self.frames_processed.labels(name)
+        self.faces_detected.labels(name)
+
     def watch(
         self, readers: Callable[[], Iterable[tuple[str, ReaderStats]]], publisher: PublisherStats
     ) -> None:

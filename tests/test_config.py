@@ -59,6 +59,11 @@ mqtt: {host: localhost, username: edge, password: hunter2}
         ("cameras: [{name: a, source: true}]", "cameras.0.source: Value error, expected"),
         ("cameras: [{name: a, source: 4294967296}]", "index must be 0 to 999"),
         (f"cameras: [{{name: a, source: {CLIP}}}]\nmodel: {{path: /no/m.tflite}}", "model.path"),
+        (f"cameras: [{{name: a, source: {CLIP}}}]\nmodel: {{path: {CLIP}}}", "not a TFLite model"),
+        (
+            f"cameras: [{{name: a, source: {CLIP}}}]\nview: {{enabled: true, port: 9108}}",
+            "metrics.port and view.port are both 9108",
+        ),
         ("cameras: [oops", "not valid YAML"),
     ],
     ids=[
@@ -74,6 +79,8 @@ mqtt: {host: localhost, username: edge, password: hunter2}
         "boolean-source",
         "huge-index",
         "model",
+        "model-not-tflite",
+        "same-port",
         "yaml",
     ],
 )

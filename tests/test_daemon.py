@@ -258,6 +258,12 @@ def test_cameras_that_hang_never_delay_a_live_camera_start_or_recovery(daemons):
         daemon.wait_metric(processed, lambda v: v >= frames + 5, timeout=20)
         values = daemon.metrics()
         assert all(values[f'edge_emotion_camera_up{{camera="hang{i}"}}'] == 0 for i in range(3))
+        # Never a frame, yet a series at 0: an alert on its rate fires instead of seeing nothing.
+        assert all(
+            values[f'edge_emotion_{m}_total{{camera="hang{i}"}}'] == 0
+            for i in range(3)
+            for m in ("frames_processed", "faces_detected")
+        )
         assert daemon.stop() == 0
     finally:
         good.stop()

@@ -60,11 +60,20 @@ def test_analyze_prints_one_json_line_per_face(tmp_path):
 def test_analyze_reports_unreadable_files_and_goes_on(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    result = run_cli("edge", "analyze", broken, tmp_path / "missing.mp4", CLIP, "--json")
+    not_video = tmp_path / "not-video.mp4"
+    not_video.write_bytes(bytes(range(256)) * 16)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    files = (broken, tmp_path / "missing.mp4", not_video, folder, CLIP)
+    result = run_cli("edge", "analyze", *files, "--json")
     assert result.returncode == 1
-    assert "broken.jpg: not a readable image" in result.stderr
-    assert "missing.mp4: no such file" in result.stderr
-    assert "Traceback" not in result.stderr
+    # One line per unreadable file, in our words (not FFmpeg's or OpenCV's), then the next file.
+    assert result.stderr.splitlines() == [
+        f"edge analyze: error: {broken}: not a readable image, skipped",
+        f"edge analyze: error: {tmp_path / 'missing.mp4'}: no such file",
+        f"edge analyze: error: {not_video}: not a readable image or video",
+        f"edge analyze: error: {folder}: a directory, not an image or video",
+    ]
     assert len(result.stdout.splitlines()) >= 70
 
 

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, FilePath, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -136,6 +144,13 @@ class EdgeConfig(BaseSettings):
                 )
             seen[key] = camera.name
         return cameras
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> EdgeConfig:
+        metrics, view = self.metrics, self.view
+        if metrics.enabled and view.enabled and metrics.port == view.port != 0:
+            raise ValueError(f"metrics.port and view.port are both {view.port}: give each its own")
+        return self
 
     @classmethod
     def settings_customise_sources(
