@@ -82,6 +82,28 @@ def quantization_aware_candidates(
             yield f"mean of epochs 1-{qat.epochs}", quantized
 
 
+@contextlib.contextmanager
+def shifted_logits(quantized: keras.Model, shift: np.ndarray) -> Iterator[None]:
+    """Add ``shift`` to the bias of the final ``emotion`` layer of a quantization-aware model
+    while converting it, and put the bias back afterwards (the model may go on training)."""
+    layer = next(
+        (
+            getattr(w, "layer", w)
+            for w in quantized.layers
+            if getattr(w, "layer", w).name == "emotion"
+        ),
+        None,
+    )
+    if layer is None:
+        raise ConvertError("the quantization-aware model has no final dense layer named 'emotion'")
+    bias = layer.bias.numpy()
+    layer.bias.assign(bias + shift.astype(bias.dtype))
+    try:
+        yield
+    finally:
+        layer.bias.assign(bias)
+
+
 def _toolkit() -> tuple[ModuleType, ModuleType]:
     """tfmot and tf_keras; tfmot sets TF_USE_LEGACY_KERAS on import, which is undone here so
     the rest of the process keeps Keras 3 behind ``tf.keras``."""
