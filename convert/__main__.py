@@ -130,7 +130,8 @@ def parser() -> argparse.ArgumentParser:
         help="int8 only: epochs of quantization-aware fine-tuning on the training run's targets "
         "(keeping a `convert adjust` shift) before conversion; of the int8 files after each "
         "epoch and for the mean of the epochs' weights, the one that scores best on val (the "
-        "training run's selection score) is kept (default 0: post-training quantization)",
+        "training run's selection score) among those within --max-drop on each labelling is "
+        "kept (default 0: post-training quantization)",
     )
     export.add_argument(
         "--qat-learning-rate",
@@ -138,6 +139,15 @@ def parser() -> argparse.ArgumentParser:
         default=QatRecipe().learning_rate,
         help=f"learning rate of the quantization-aware fine-tuning (default "
         f"{QatRecipe().learning_rate})",
+    )
+
+    export.add_argument(
+        "--prior-rounds",
+        type=int,
+        default=QatRecipe().prior_rounds,
+        help="with --qat-epochs: rounds of matching each int8 candidate's class prior to the "
+        "float model's on training faces; the matched file is scored as one more candidate "
+        f"(0: none; default {QatRecipe().prior_rounds})",
     )
 
     export.add_argument(
@@ -229,10 +239,16 @@ def run_export(args: argparse.Namespace) -> int:
     from convert.export import Inputs, export
     from convert.recipe import QatRecipe
 
-    if args.qat_epochs < 0:
-        raise ConvertError(f"--qat-epochs {args.qat_epochs}: must be 0 or more")
+    for name in ("qat_epochs", "prior_rounds"):
+        if getattr(args, name) < 0:
+            flag = "--" + name.replace("_", "-")
+            raise ConvertError(f"{flag} {getattr(args, name)}: must be 0 or more")
     qat = (
-        QatRecipe(epochs=args.qat_epochs, learning_rate=args.qat_learning_rate)
+        QatRecipe(
+            epochs=args.qat_epochs,
+            learning_rate=args.qat_learning_rate,
+            prior_rounds=args.prior_rounds,
+        )
         if args.qat_epochs
         else None
     )

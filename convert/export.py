@@ -27,15 +27,6 @@ from convert.litert import BATCH, in_litert_process, predict_tflite
 from convert.recipe import QatRecipe, Recipe
 from edge.emotions import ModelMetadata
 
-# Training faces on which an int8 candidate's mean prediction is matched to the float model's:
-# enough that each class's share is known to a few tenths of a point.
-PRIOR_FACES = 4000
-# Rounds of that correction: each is measured on the file converted with the shift so far
-# (one round left a third of the gap on #26's file, computed on val); a step whose largest logit
-# change is below the tolerance (1% in any class's odds) ends it.
-PRIOR_ROUNDS = 3
-PRIOR_TOLERANCE = 0.01
-
 if TYPE_CHECKING:
     import keras
     import tensorflow as tf
@@ -192,12 +183,15 @@ def quantization_aware_export(
     found = Candidates(
         accuracies(truth, keras_predict(model, val.images, flip).argmax(1)), max_drop
     )
-    prior_faces = train.images[np.random.default_rng(0).permutation(len(train))[:PRIOR_FACES]]
+    prior_faces = train.images[np.random.default_rng(0).permutation(len(train))[: qat.prior_faces]]
     float_prior = keras_predict(model, prior_faces, flip).mean(axis=0)
     for name, candidate in quantization_aware_candidates(model, recipe, train, qat, shift):
         content = to_tflite(candidate, "int8", None)
-        matched = match_prior(candidate, content, template, prior_faces, float_prior)
-        for label, file in ((name, content), (f"{name}, prior matched", matched)):
+        files = [(name, content)]
+        if qat.prior_rounds:
+            matched = match_prior(candidate, content, template, prior_faces, float_prior, qat)
+            files.append((f"{name}, prior matched", matched))
+        for label, file in files:
             score = score_file(file, template, val, recipe.selection_weight)
             found.offer(label, file, score)
             ferplus = f", FER+ {score['ferplus']:.4f}" if "ferplus" in score else ""
@@ -211,11 +205,12 @@ def match_prior(
     template: ModelMetadata,
     faces: np.ndarray,
     float_prior: np.ndarray,
+    qat: QatRecipe,
 ) -> bytes:
     """The candidate converted again with a shift on its logits that makes the int8 file's mean
     prediction on ``faces`` (training faces) the float model's ``float_prior``.
 
-    Why: int8 rounding moves the class prior (the shipped model's first int8 file called
+    Why: int8 rounding moves the class prior (this lineage's first int8 file, #22, called
     neutral 1.7 points less often on val, happy and sad more), and on FER2013 a prior shift
     costs accuracy on one labelling or the other. A bias correction on the last layer (Nagel et
     al. 2019) puts it back without touching what the network learned. The file is measured
@@ -224,12 +219,12 @@ def match_prior(
     from convert.qat import shifted_logits
 
     correction = np.zeros(len(EMOTIONS), np.float32)
-    for _ in range(PRIOR_ROUNDS):
+    for _ in range(qat.prior_rounds):
         step = np.log(float_prior + 1e-6) - np.log(mean_prediction(content, template, faces) + 1e-6)
         correction += step
         with shifted_logits(candidate, correction):
             content = to_tflite(candidate, "int8", None)
-        if np.abs(step).max() < PRIOR_TOLERANCE:
+        if np.abs(step).max() < qat.prior_tolerance:
             break
     return content
 

@@ -76,6 +76,8 @@ def test_quantization_aware_export_keeps_the_int8_file_that_scored_best(trained:
         "int8",
         "--qat-epochs",
         "2",
+        "--prior-rounds",
+        "1",  # one round is the same code path as three, at a third of the conversions
         "--test-time-flip",
         "--out",
         out,
@@ -258,6 +260,20 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
             ("export", "--model", SAMPLE_CSV.with_suffix(".keras"), "--out", "x.tflite"),
             "model file not found",
         ),
+        (
+            (
+                "export",
+                "--model",
+                "x.keras",
+                "--out",
+                "x.tflite",
+                "--qat-epochs",
+                "1",
+                "--prior-rounds",
+                "-1",
+            ),
+            "--prior-rounds -1: must be 0 or more",
+        ),
     ],
     ids=[
         "missing-data",
@@ -268,6 +284,7 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
         "missing-model",
         "unknown-augmentation",
         "missing-keras",
+        "negative-prior-rounds",
     ],
 )
 def test_bad_input_exits_nonzero_with_a_clear_message(args, message: str):
