@@ -215,14 +215,17 @@ def _refuse_unknown_variables() -> None:
 
 
 def _variable_for(loc: tuple) -> str | None:
-    """The ``EDGE_*`` variable a problem's value came from, if one is set (the deepest)."""
+    """The ``EDGE_*`` variable a problem's value came from, if one is set: the one named by the
+    problem's key or a level above it, else one below it (``EDGE_CAMERAS__0__FPS`` makes
+    ``cameras`` a mapping, not a list)."""
     parts = [str(part).upper() for part in loc]
-    present = {name.upper(): name for name in os.environ}
+    present = {name.upper(): name for name in os.environ if name.upper().startswith(ENV_PREFIX)}
     for depth in range(len(parts), 0, -1):
         name = ENV_PREFIX + "__".join(parts[:depth])
         if name in present:
             return present[name]
-    return None
+    below = ENV_PREFIX + "__".join(parts) + "__"
+    return next((present[n] for n in sorted(present) if parts and n.startswith(below)), None)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
