@@ -103,7 +103,9 @@ class _StatsCollector(Collector):
             f"{PREFIX}_events_published", "Events delivered to the broker", value=p.published
         )
         yield CounterMetricFamily(
-            f"{PREFIX}_events_dropped", "Events lost to a full queue", value=p.dropped
+            f"{PREFIX}_events_dropped",
+            "Events not delivered: refused by a full queue, or unsent at qos 0 while disconnected",
+            value=p.dropped,
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_events_queued", "Events waiting for the broker", value=p.queued

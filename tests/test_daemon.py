@@ -193,6 +193,36 @@ def test_broker_restart_loses_no_event(tmp_path, broker, rtsp, daemons):
     assert len({m.payload for m in received}) == delivered
 
 
+def test_an_outage_that_fills_the_queue_still_ends_with_the_daemon_online(broker, rtsp, daemons):
+    """Events beyond mqtt.queue_size are dropped (counted, warned once), but the retained
+    status must say "online" again once connected: Home Assistant shows the device by it."""
+    daemon = daemons(
+        {
+            "device_id": "porch",
+            "cameras": [{"name": "door", "source": rtsp.url(), "fps": 10}],
+            "mqtt": {
+                "host": "127.0.0.1",
+                "port": broker.port,
+                "reconnect_max_s": 1,
+                "queue_size": 5,
+            },
+            "tracking": {"heartbeat_s": 0.2},
+        }
+    )
+    daemon.wait_metric("edge_emotion_events_published_total", lambda v: v >= 3, timeout=30)
+    broker.stop()
+    daemon.wait_metric("edge_emotion_events_dropped_total", lambda v: v >= 5, timeout=30)
+    broker.start()
+    daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=20)
+    status = Subscriber(broker.port, "edge-emotion/porch/status", client_id="status-reader")
+    status.wait_for(lambda ms: ms and ms[-1].payload == b"online", timeout=20)
+    status.close()
+    published = daemon.metrics()["edge_emotion_events_published_total"]
+    daemon.wait_metric("edge_emotion_events_published_total", lambda v: v > published, 20)
+    assert daemon.stop() == 0, daemon.log()
+    assert daemon.log().count("MQTT queue full") == 1
+
+
 def test_camera_recovers_after_stream_returns_and_others_keep_flowing(daemons):
     flaky = RtspServer(CLIP).start()
     steady = RtspServer(CLIP).start()

@@ -36,6 +36,10 @@ TWIN_WINDOW_S = 120.0
 # Home Assistant takes longer than this to restart; a client sending "online" faster is
 # answered at this rate (the announcements are idempotent, retained configs).
 ANNOUNCE_MIN_INTERVAL_S = 5.0
+# Room in paho's outgoing queue above mqtt.queue_size for messages other than events (status,
+# instance, discovery configs: a few per camera per connect), which must never be refused
+# because events filled the queue during an outage.
+CONTROL_RESERVE = 1000
 
 
 class MqttPublisher:
@@ -60,6 +64,7 @@ class MqttPublisher:
         self._last_announce = float("-inf")  # monotonic time of the last discovery announcement
         self._announce_timer: threading.Timer | None = None
         self._flood_warned = False
+        self._full_warned = False  # one warning each time the event queue fills
         self._drained = threading.Condition(self._lock)
         # One TLS context for paho and for _diagnose, so the diagnosis tests what paho uses.
         self._tls = tls_context(config.tls) if config.tls else None
@@ -72,7 +77,9 @@ class MqttPublisher:
             clean_session=False,  # the broker keeps our session (in-flight QoS 1) across drops
             protocol=mqtt.MQTTv311,
         )
-        client.max_queued_messages_set(config.queue_size)
+        # paho's own limit has room above the events' for what must always get through after
+        # an outage that filled the queue: status "online", instance, discovery configs.
+        client.max_queued_messages_set(config.queue_size + CONTROL_RESERVE)
         client.reconnect_delay_set(1, int(config.reconnect_max_s))
         client.will_set(self.status_topic, "offline", qos=1, retain=True)
         if config.username:
@@ -93,6 +100,8 @@ class MqttPublisher:
 
     def publish(self, event: Event) -> None:
         topic = f"{self.base}/{event.camera}/event"
+        if self.config.qos > 0 and not self._room_for_event():
+            return
         # Never call paho while holding our lock: paho holds its own locks while it runs
         # on_publish, which takes ours; the opposite order would deadlock.
         info = self.client.publish(topic, event.payload(), qos=self.config.qos)
@@ -103,15 +112,36 @@ class MqttPublisher:
                 else:
                     self.stats.dropped += 1
                 return
-            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-                self.stats.dropped += 1
-                log.warning("MQTT queue full (%d): event dropped", self.config.queue_size)
+            if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # the reserve itself is full: not expected
+                self._drop_event()
                 return
             if self._acked_early.pop(info.mid, None) is not None:
                 self.stats.published += 1  # the broker answered before we got here
             else:
                 self._pending.add(info.mid)
             self.stats.queued = len(self._pending)
+
+    def _room_for_event(self) -> bool:
+        """Events may fill ``queue_size`` and no more (the rest of paho's queue is the control
+        messages' reserve); when full, a new event is refused and counted, the queued ones kept.
+        """
+        with self._lock:
+            if len(self._pending) < self.config.queue_size:
+                self._full_warned = False
+                return True
+            self._drop_event()
+            return False
+
+    def _drop_event(self) -> None:
+        """Count a refused event; say so once per time the queue fills, not once per event."""
+        self.stats.dropped += 1
+        if not self._full_warned:
+            self._full_warned = True
+            log.warning(
+                "MQTT queue full (%d events): new events are dropped (counted in "
+                "events_dropped_total) until the broker takes some",
+                self.config.queue_size,
+            )
 
     def publish_state(self, state: CameraState) -> None:
         """QoS 0 and outside the event queue, so states never push events out of it; the latest
@@ -151,11 +181,14 @@ class MqttPublisher:
         self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object
     ) -> None:
         if getattr(reason, "is_failure", False):
+            # Every retry, at most one per reconnect_max_s: a refusal needs the operator (wrong
+            # credentials, ACL), and the journal should show that it still happens.
             log.error(
-                "MQTT broker %s:%d refused the connection: %s",
+                "MQTT broker %s:%d refused the connection: %s; %s, retrying with backoff",
                 self.config.host,
                 self.config.port,
                 reason,
+                self._meanwhile(),
             )
             return
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
@@ -240,11 +273,18 @@ class MqttPublisher:
             return
         self._connect_warned = True
         log.warning(
-            "MQTT cannot connect to %s:%d: %s; events are queued, retrying with backoff",
+            "MQTT cannot connect to %s:%d: %s; %s, retrying with backoff",
             self.config.host,
             self.config.port,
             self._diagnose(),
+            self._meanwhile(),
         )
+
+    def _meanwhile(self) -> str:
+        """What happens to events while the broker is away, for the log lines that say so."""
+        if self.config.qos == 0:
+            return "events are dropped meanwhile (qos 0 is never queued)"
+        return f"events are queued meanwhile (up to {self.config.queue_size})"
 
     def _diagnose(self) -> str:
         """The reason paho does not report: one plain TCP (and TLS) connection attempt."""
@@ -264,7 +304,7 @@ class MqttPublisher:
         if self._closing:
             log.info("MQTT disconnected")
         elif self.stats.connected:
-            log.warning("MQTT disconnected (%s); events are queued until it is back", reason)
+            log.warning("MQTT disconnected (%s); %s", reason, self._meanwhile())
         self.stats.connected = False
         with self._drained:
             self._drained.notify_all()
