@@ -10,6 +10,9 @@ from pathlib import Path
 
 from convert import EMOTIONS, ConvertError
 
+# What ``evaluate --plot`` can write (matplotlib picks the format from the suffix).
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
 # TensorFlow's C++ start-up chatter hides the progress display; keep warnings and errors.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
@@ -24,6 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"convert {args.name}: interrupted", file=sys.stderr)
         return 130
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as error:
+        # An output path that cannot be made (a file where a folder must go, no permission):
+        # the input files were checked before anything ran.
+        where = error.filename or "?"
+        why = error.strerror
+        if isinstance(error, FileExistsError | NotADirectoryError):
+            why = "a file is where an output folder must go"
+        print(f"convert {args.name}: error: {where}: {why}", file=sys.stderr)
+        return 2
 
 
 def parser() -> argparse.ArgumentParser:
@@ -239,6 +251,10 @@ def run_export(args: argparse.Namespace) -> int:
     from convert.export import Inputs, export
     from convert.recipe import QatRecipe
 
+    if args.out.suffix != ".tflite":
+        raise ConvertError(f"--out {args.out}: the exported model's name must end in .tflite")
+    if args.out.resolve() == Path(args.model).resolve():
+        raise ConvertError(f"--out {args.out}: is the model being exported")
     for name in ("qat_epochs", "prior_rounds"):
         if getattr(args, name) < 0:
             flag = "--" + name.replace("_", "-")
@@ -282,6 +298,10 @@ def run_adjust(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from convert.evaluate import evaluate, format_report, plot_confusion
 
+    if args.latency_faces < 1:
+        raise ConvertError(f"--latency-faces {args.latency_faces}: must be 1 or more")
+    if args.plot and args.plot.suffix.lower() not in PLOT_FORMATS:
+        raise ConvertError(f"--plot {args.plot}: must end in {', '.join(PLOT_FORMATS)}")
     report = evaluate(args.model, args.data, args.usage, args.latency_faces, args.votes)
     shown = ["fer2013", "ferplus"] if args.labels == "both" else [args.labels]
     if "ferplus" not in report["labellings"]:

@@ -175,9 +175,22 @@ def read_face(path: Path) -> np.ndarray:
 
 
 def _load_csv(path: Path, usage: str) -> Split:
+    try:
+        labels, images = _read_csv_rows(path, usage)
+    except UnicodeDecodeError:
+        raise ConvertError(f"{path}: not a UTF-8 text CSV file") from None
+    except csv.Error as error:
+        raise ConvertError(f"{path}: not a readable CSV file ({error})") from None
+    if not labels:
+        raise ConvertError(f"{path}: no rows with Usage={usage}")
+    keys = tuple(f"{usage}:{i}" for i in range(len(labels)))
+    return Split(np.stack(images), np.asarray(labels, dtype=np.int64), f"{path}:{usage}", keys=keys)
+
+
+def _read_csv_rows(path: Path, usage: str) -> tuple[list[int], list[np.ndarray]]:
     images: list[np.ndarray] = []
     labels: list[int] = []
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
         header = [column.strip().lower() for column in next(reader, [])]
         missing = [c for c in CSV_COLUMNS if c not in header]
@@ -188,14 +201,18 @@ def _load_csv(path: Path, usage: str) -> Split:
             )
         col = {name: header.index(name) for name in CSV_COLUMNS}
         for line, row in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line (often the last one)
+            if len(row) <= max(col.values()):
+                raise ConvertError(
+                    f"{path}:{line}: {len(row)} column(s), expected {len(header)} "
+                    f"({','.join(header)})"
+                )
             if row[col["usage"]].strip() != usage:
                 continue
             labels.append(_csv_label(path, line, row[col["emotion"]]))
             images.append(_csv_pixels(path, line, row[col["pixels"]]))
-    if not labels:
-        raise ConvertError(f"{path}: no rows with Usage={usage}")
-    keys = tuple(f"{usage}:{i}" for i in range(len(labels)))
-    return Split(np.stack(images), np.asarray(labels, dtype=np.int64), f"{path}:{usage}", keys=keys)
+    return labels, images
 
 
 def _csv_label(path: Path, line: int, value: str) -> int:

@@ -267,7 +267,15 @@ def load_keras_model(path: Path) -> keras.Model:
 def training_record(model_path: Path) -> dict:
     """The run log ``convert train`` wrote next to the model, or ``{}`` for foreign models."""
     path = model_path.with_suffix(".history.json")
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        raise ConvertError(f"{path}: not a readable training log ({error})") from None
+    if not isinstance(record, dict):
+        raise ConvertError(f"{path}: not a training log (expected a JSON object)")
+    return record
 
 
 def calibration_faces(split: Split, size: int) -> np.ndarray:

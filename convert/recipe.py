@@ -24,6 +24,23 @@ rotation, zoom, shift, contrast, brightness, erasing), ``geometric`` (flip, rota
 shift: other detectors' crops) or ``flip`` (mirror only)."""
 
 
+# Bounds of the recipe's numbers (flag, lowest, highest): beyond them a run fails deep inside
+# TensorFlow (batch 0, a negative seed) or cannot fit in memory (a 1000-px input).
+NUMBER_RANGES = (
+    ("image_size", 32, 512),
+    ("batch_size", 1, 4096),
+    ("head_epochs", 0, 10000),
+    ("epochs", 0, 10000),
+    ("head_learning_rate", 1e-9, 1.0),
+    ("learning_rate", 1e-9, 1.0),
+    ("weight_decay", 0.0, 1.0),
+    ("lr_patience", 1, 1000),
+    ("patience", 1, 1000),
+    ("class_weight_power", 0.0, 2.0),
+    ("seed", 0, 2**32 - 1),
+)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Hyperparameters of a training run; the defaults are the recipe of the shipped model's
@@ -86,6 +103,12 @@ class Recipe:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConvertError(f"--{name.replace('_', '-')} {value}: must be in 0..1")
+        for name, low, high in NUMBER_RANGES:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConvertError(f"--{name.replace('_', '-')} {value}: must be in {low}..{high}")
+        if self.head_epochs + self.epochs < 1:
+            raise ConvertError("--head-epochs and --epochs are both 0: nothing would be trained")
 
     @property
     def uses_votes(self) -> bool:

@@ -109,8 +109,11 @@ def load_weights(model: keras.Model, path: Path) -> None:
         raise ConvertError(f"--init {path}: no such file")
     try:
         earlier = keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...
+        raise ConvertError(f"--init {path}: cannot load as a Keras model: {error}") from None
+    try:
         model.set_weights(earlier.get_weights())
-    except (ValueError, OSError) as error:
+    except ValueError as error:
         raise ConvertError(
             f"--init {path}: does not fit this recipe's model (backbone and alpha must "
             f"match): {error}"
@@ -292,8 +295,10 @@ def start_log(
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_suffix(".history.json")
     if out.with_suffix(".backup").exists() and path.exists():
-        saved = json.loads(path.read_text())
-        if saved["recipe"] == asdict(recipe):
+        from convert.export import training_record
+
+        saved = training_record(out)
+        if saved.get("recipe") == asdict(recipe):
             print(f"resuming the interrupted run logged in {path}", flush=True)
             return RunLog(**saved)
     record = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FER, MNV2_WEIGHTS, SAMPLE_CSV, run_cli
+from conftest import FER, MNV2_WEIGHTS, ROOT, SAMPLE_CSV, run_cli
 
 from convert import EMOTIONS
 from edge.emotions import EmotionClassifier
@@ -19,6 +19,7 @@ CSV_LABELS = ("--labels", "fer2013")
 # A model trained for two tiny epochs is near chance: one face of 70 flipping by rounding is 1.4
 # points, so these plumbing tests lift the accuracy gate, which test_export_check tests for real.
 ANY_DROP = ("--max-drop", "100")
+SHIPPED = ROOT / "models" / "emotion.tflite"
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +226,40 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
     ("args", "message"),
     [
         (
+            ("evaluate", "--model", SHIPPED, "--data", SAMPLE_CSV, "--latency-faces", "0"),
+            "--latency-faces 0: must be 1 or more",
+        ),
+        (
+            ("evaluate", "--model", SHIPPED, "--data", SAMPLE_CSV, "--plot", "confusion.xyz"),
+            "must end in .png, .pdf, .svg",
+        ),
+        (
+            ("export", "--model", SHIPPED.with_suffix(".keras"), "--out", "model.keras"),
+            "the exported model's name must end in .tflite",
+        ),
+        (
+            (
+                "train",
+                "--data",
+                SAMPLE_CSV,
+                "--head-epochs",
+                "0",
+                "--epochs",
+                "0",
+                "--out",
+                "m.keras",
+            ),
+            "nothing would be trained",
+        ),
+        (
+            ("train", "--data", SAMPLE_CSV, "--batch-size", "0", "--out", "m.keras"),
+            "--batch-size 0: must be in 1..4096",
+        ),
+        (
+            ("train", "--data", SAMPLE_CSV, "--image-size", "1000", "--out", "m.keras"),
+            "--image-size 1000: must be in 32..512",
+        ),
+        (
             ("train", "--data", "/nonexistent", "--out", "x.keras"),
             "data path not found: /nonexistent",
         ),
@@ -276,6 +311,14 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
         ),
     ],
     ids=[
+        *(
+            "no-latency-faces",
+            "plot-format",
+            "export-out-not-tflite",
+            "nothing-to-train",
+            "batch-size-0",
+            "image-size-1000",
+        ),
         "missing-data",
         "unknown-backbone",
         "missing-weights",
@@ -292,6 +335,52 @@ def test_bad_input_exits_nonzero_with_a_clear_message(args, message: str):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_csv_with_a_trailing_blank_line_reads_as_without_and_a_broken_one_names_its_line(
+    tmp_path: Path,
+):
+    text = SAMPLE_CSV.read_text()
+    blank = tmp_path / "blank.csv"
+    blank.write_text(text + "\n\n")
+    reports = [
+        json.loads(
+            run_cli(
+                "convert",
+                "evaluate",
+                "--model",
+                SHIPPED,
+                "--data",
+                data,
+                "--json",
+                "--latency-faces",
+                "1",
+            ).stdout
+        )
+        for data in (SAMPLE_CSV, blank)
+    ]
+    assert reports[0]["accuracy"] == reports[1]["accuracy"]
+    assert reports[0]["n"] == reports[1]["n"] > 0
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join([*text.splitlines()[:3], "3"]) + "\n")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(128, 256)) * 20)
+    for data, message in (
+        (short, "short.csv:4: 1 column(s), expected 3"),
+        (binary, "binary.csv: not a UTF-8 text CSV file"),
+    ):
+        result = run_cli("convert", "evaluate", "--model", SHIPPED, "--data", data)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_a_broken_training_log_is_named_not_a_traceback(tmp_path: Path):
+    model = tmp_path / "m.keras"
+    model.write_bytes((ROOT / "models" / "emotion.keras").read_bytes())
+    model.with_suffix(".history.json").write_text('{"recipe": {')
+    result = run_cli("convert", "export", "--model", model, "--out", tmp_path / "m.tflite")
+    assert result.returncode == 2
+    assert "m.history.json: not a readable training log" in result.stderr, result.stderr
 
 
 def test_a_run_continues_from_an_earlier_model_with_a_cosine_schedule(trained: Path, tmp_path):
