@@ -115,6 +115,9 @@ def export(
     history = training_record(model_path)
     recipe = Recipe.from_record(history.get("recipe", {}))
     train, val = inputs.resolve(model_path, history)
+    # The float model's val predictions, as the daemon would average them: what every int8
+    # candidate and the final check are compared with.
+    keras_probs = keras_predict(model, val.images, test_time_flip)
     if qat is None:
         content = to_tflite(model, quantize, calibration_faces(train, calibration_size))
         metadata = describe(content, quantize, model_path, history)
@@ -123,12 +126,13 @@ def export(
             describe(b"", quantize, model_path, history), test_time_flip=test_time_flip
         )
         shift = logit_shift(history)
+        reference = accuracies(labellings(val.labels, val.votes), keras_probs.argmax(1))
         content, trail = quantization_aware_export(
-            model, recipe, (train, val), qat, template, max_drop, say, shift
+            model, recipe, (train, val), qat, template, Candidates(reference, max_drop), say, shift
         )
         metadata = _with_qat(describe(content, quantize, model_path, history), qat, trail)
     metadata = replace(metadata, test_time_flip=test_time_flip)
-    return check_and_keep(model, content, metadata, out, val, max_drop)
+    return check_and_keep(keras_probs, content, metadata, out, val, max_drop)
 
 
 def _still_there(path: str | None) -> str | None:
@@ -168,21 +172,18 @@ def quantization_aware_export(
     splits: tuple[Split, Split],
     qat: QatRecipe,
     template: ModelMetadata,
-    max_drop: float,
+    found: Candidates,
     say: Callable[[str], None],
     shift: np.ndarray | None = None,
 ) -> tuple[bytes, Candidates]:
     """Convert every candidate the fine-tune yields with its learned ranges, and again with its
     class prior matched to the float model's (``match_prior``); score each *file* on val with
-    the check's flip setting and keep the best within the allowed drop (``Candidates``)."""
+    the check's flip setting and offer it to ``found``, which keeps the best within the
+    allowed drop of the float model."""
     from convert.qat import quantization_aware_candidates
 
     train, val = splits
     flip = template.test_time_flip
-    truth = labellings(val.labels, val.votes)
-    found = Candidates(
-        accuracies(truth, keras_predict(model, val.images, flip).argmax(1)), max_drop
-    )
     prior_faces = train.images[np.random.default_rng(0).permutation(len(train))[: qat.prior_faces]]
     float_prior = keras_predict(model, prior_faces, flip).mean(axis=0)
     for name, candidate in quantization_aware_candidates(model, recipe, train, qat, shift):
@@ -360,19 +361,19 @@ def describe(content: bytes, quantize: str, model_path: Path, history: dict) -> 
 
 
 def check_and_keep(
-    model: keras.Model,
+    keras_probs: np.ndarray,
     content: bytes,
     metadata: ModelMetadata,
     out: Path,
     val: Split,
     max_drop: float,
 ) -> ExportReport:
-    """Write to a temporary name, compare with Keras, then move into place or delete."""
+    """Write to a temporary name, compare with Keras' predictions on ``val`` (made with the
+    file's test-time flip setting), then move into place or delete."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(f".{out.stem}.staging.tflite")
     try:
         metadata, tflite_probs = run_tflite(content, metadata, staging, val.images)
-        keras_probs = keras_predict(model, val.images, metadata.test_time_flip)
         report = compare(
             out, metadata.quantization, len(content), val, keras_probs, tflite_probs, max_drop
         )

@@ -9,7 +9,14 @@ import pytest
 from conftest import FER, ROOT
 
 from convert.data import Split, load_split
-from convert.export import calibration_faces, check_and_keep, describe, load_keras_model, to_tflite
+from convert.export import (
+    calibration_faces,
+    check_and_keep,
+    describe,
+    keras_predict,
+    load_keras_model,
+    to_tflite,
+)
 
 SHIPPED = ROOT / "models" / "emotion.keras"
 
@@ -30,7 +37,8 @@ def val() -> Split:
 def export(model, calibration: np.ndarray, out: Path, val: Split, max_drop: float):
     content = to_tflite(model, "int8", calibration)
     metadata = describe(content, "int8", SHIPPED, {})
-    return check_and_keep(model, content, metadata, out, val, max_drop)
+    keras_probs = keras_predict(model, val.images, metadata.test_time_flip)
+    return check_and_keep(keras_probs, content, metadata, out, val, max_drop)
 
 
 def test_int8_calibrated_on_black_frames_is_refused_and_never_installed(model, val, tmp_path):
