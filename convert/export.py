@@ -183,9 +183,10 @@ def quantization_aware_export(
     from convert.qat import quantization_aware_candidates
 
     train, val = splits
-    flip = template.test_time_flip
-    prior_faces = train.images[np.random.default_rng(0).permutation(len(train))[: qat.prior_faces]]
-    float_prior = keras_predict(model, prior_faces, flip).mean(axis=0)
+    if qat.prior_rounds:
+        picks = np.random.default_rng(0).permutation(len(train))[: qat.prior_faces]
+        prior_faces = train.images[picks]
+        float_prior = keras_predict(model, prior_faces, template.test_time_flip).mean(axis=0)
     for name, candidate in quantization_aware_candidates(model, recipe, train, qat, shift):
         content = to_tflite(candidate, "int8", None)
         files = [(name, content)]
@@ -221,7 +222,9 @@ def match_prior(
 
     correction = np.zeros(len(EMOTIONS), np.float32)
     for _ in range(qat.prior_rounds):
-        step = np.log(float_prior + 1e-6) - np.log(mean_prediction(content, template, faces) + 1e-6)
+        step = np.log(float_prior + 1e-6) - np.log(
+            candidate_probs(content, template, faces).mean(axis=0) + 1e-6
+        )
         correction += step
         with shifted_logits(candidate, correction):
             content = to_tflite(candidate, "int8", None)
@@ -230,11 +233,12 @@ def match_prior(
     return content
 
 
-def mean_prediction(content: bytes, template: ModelMetadata, faces: np.ndarray) -> np.ndarray:
+def candidate_probs(content: bytes, template: ModelMetadata, faces: np.ndarray) -> np.ndarray:
+    """A candidate file's probabilities for ``faces``, run as the daemon runs it."""
     metadata = replace(template, sha256=hashlib.sha256(content).hexdigest())
     with tempfile.TemporaryDirectory() as folder:
         _, probs = run_tflite(content, metadata, Path(folder) / "candidate.tflite", faces)
-    return probs.mean(axis=0)
+    return probs
 
 
 def logit_shift(history: dict) -> np.ndarray | None:
@@ -247,9 +251,7 @@ def score_file(
     content: bytes, template: ModelMetadata, val: Split, ferplus_weight: float
 ) -> dict[str, float]:
     """Val accuracy of a TFLite file under each labelling, and the recipe's score."""
-    metadata = replace(template, sha256=hashlib.sha256(content).hexdigest())
-    with tempfile.TemporaryDirectory() as folder:
-        _, probs = run_tflite(content, metadata, Path(folder) / "candidate.tflite", val.images)
+    probs = candidate_probs(content, template, val.images)
     found = accuracies(labellings(val.labels, val.votes), probs.argmax(1))
     return {**found, "score": selection_score(found, ferplus_weight)}
 
