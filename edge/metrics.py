@@ -110,9 +110,12 @@ class _StatsCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_events_queued", "Events waiting for the broker", value=p.queued
         )
-        yield GaugeMetricFamily(
-            f"{PREFIX}_mqtt_connected", "1 while connected to the broker", value=float(p.connected)
-        )
+        if p.connected is not None:  # without a broker there is nothing to be connected to
+            yield GaugeMetricFamily(
+                f"{PREFIX}_mqtt_connected",
+                "1 while connected to the broker",
+                value=float(p.connected),
+            )
         yield CounterMetricFamily(
             f"{PREFIX}_homeassistant_announcements_coalesced",
             "Home Assistant 'online' messages folded into an announcement already due",

@@ -429,6 +429,17 @@ def test_a_killed_daemon_is_announced_offline_by_the_last_will(broker, daemons):
     assert messages[-1].topic == "edge-emotion/porch/status"
 
 
+def test_without_a_broker_no_broker_connection_is_reported(daemons):
+    """A dashboard's "MQTT down" alert must not read a daemon that prints events to stdout as
+    connected (it said 1) or as down: the gauge is absent."""
+    daemon = daemons({"cameras": [{"name": "clip", "source": str(CLIP), "loop": True}]})
+    daemon.wait_metric('edge_emotion_frames_read_total{camera="clip"}', lambda v: v > 0, 30)
+    metrics = daemon.metrics()
+    assert "edge_emotion_mqtt_connected" not in metrics
+    assert metrics["edge_emotion_events_dropped_total"] == 0
+    assert daemon.stop() == 0, daemon.log()
+
+
 def test_the_daemon_runtime_never_imports_tensorflow():
     code = (
         "import sys, edge.__main__, edge.daemon, edge.analyze, edge.demo; "

@@ -13,7 +13,7 @@ class PublisherStats:
     published: int = 0  # acknowledged by the broker (QoS 1/2) or written (QoS 0, stdout)
     dropped: int = 0  # refused because the queue was full
     queued: int = 0  # handed over and not yet acknowledged
-    connected: bool = False
+    connected: bool | None = False  # None: no broker to be connected to (stdout)
     # Home Assistant "online" messages answered by an announcement already due (rate limit)
     announcements_coalesced: int = 0
 

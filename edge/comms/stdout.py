@@ -12,7 +12,7 @@ from edge.events import CameraState, Event
 
 class StdoutPublisher:
     def __init__(self, stream: TextIO | None = None) -> None:
-        self.stats = PublisherStats(connected=True)
+        self.stats = PublisherStats(connected=None)
         self._stream = stream or sys.stdout
         self._lock = threading.Lock()
 
