@@ -103,3 +103,19 @@ def test_the_shipped_example_configuration_is_valid():
     effective = json.loads(result.stdout)
     assert [c["name"] for c in effective["cameras"]] == ["door", "hall"]
     assert effective["cameras"][0]["source"].startswith("rtsp://***:***@")
+
+
+def test_an_error_names_the_environment_when_the_value_came_from_it(tmp_path, monkeypatch):
+    """A systemd unit's Environment= line, not the YAML file, is where the operator must look."""
+    config = write(tmp_path, f"cameras: [{{name: a, source: {CLIP}}}]\n")
+    monkeypatch.setenv("EDGE_DETECTOR__MIN_SIZE", "tiny")
+    result = run_cli("edge", "check-config", "--config", config)
+    assert result.returncode == 2
+    assert result.stderr.startswith("edge check-config: error: environment: invalid configuration")
+    assert (
+        "detector.min_size" in result.stderr and "(from EDGE_DETECTOR__MIN_SIZE)" in result.stderr
+    )
+
+    write(tmp_path, f"cameras: [{{name: a, source: {CLIP}, fps: -1}}]\n")
+    result = run_cli("edge", "check-config", "--config", config)
+    assert f"{config} and environment: invalid configuration" in result.stderr

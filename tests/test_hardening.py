@@ -273,7 +273,7 @@ def one_line_exit_2(result) -> str:
     """A start-up failure as systemd should see it: one line, exit code 2 (not restarted)."""
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines and "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     return lines[0]
 
 
@@ -310,6 +310,7 @@ def test_a_configuration_file_that_is_not_yaml_text_is_one_clear_line(tmp_path, 
         ({"mqtt": {"host": "127.0.0.1", "tls": {"cert_file": str(CLIP)}}}, {}, "mqtt.tls.cert"),
         ({"mqtt": {"host": "h", "tls": {"key_file": str(CLIP)}}}, {}, "give cert_file too"),
         ({"device_id": "x" * 65}, {}, "device_id"),
+        ({"workers": -1, "tracking": {"smoothing": 5}}, {}, "(got 5); workers: Input"),
     ],
     ids=[
         "env-json",
@@ -324,6 +325,7 @@ def test_a_configuration_file_that_is_not_yaml_text_is_one_clear_line(tmp_path, 
         "cert-file-not-a-certificate",
         "key-without-certificate",
         "device-id-too-long",
+        "two-problems-on-one-line",
     ],
 )
 def test_start_up_failures_are_one_line_and_exit_2(tmp_path, change, env, expected):

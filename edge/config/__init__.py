@@ -186,7 +186,9 @@ def load_config(
     try:
         return EdgeConfig(**raw)
     except ValidationError as error:
-        raise ConfigError(where + "invalid configuration:\n" + describe(error)) from None
+        raise ConfigError(
+            _source_of(error, path) + "invalid configuration: " + describe(error)
+        ) from None
     except SettingsError as error:  # an EDGE_* variable that is not valid JSON where JSON goes
         field = str(error).split('"')[1] if '"' in str(error) else "?"
         raise ConfigError(
@@ -212,6 +214,17 @@ def _refuse_unknown_variables() -> None:
                 "levels: EDGE_MQTT__HOST; top-level keys: "
                 f"{', '.join(sorted(EdgeConfig.model_fields))})"
             )
+
+
+def _source_of(error: ValidationError, path: str | os.PathLike | None) -> str:
+    """Where the problems are: an operator told to look in the file for a value that came from
+    the unit's environment would look in the wrong place."""
+    from_variables = [_variable_for(problem["loc"]) is not None for problem in error.errors()]
+    if all(from_variables):
+        return "environment: "
+    if path is None:
+        return ""
+    return f"{path} and environment: " if any(from_variables) else f"{path}: "
 
 
 def _variable_for(loc: tuple) -> str | None:
@@ -286,14 +299,15 @@ HIDDEN_IN = ("@", "://", "=", "{", "[", '"')
 
 
 def describe(error: ValidationError) -> str:
-    """One line per problem: ``cameras.0.fps: Input should be greater than 0 (got -1)``."""
-    lines = []
+    """Every problem, ``; ``-separated on one line (a start-up failure is one journal line):
+    ``cameras.0.fps: Input should be greater than 0 (got -1); mqtt.qos: ...``."""
+    parts = []
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
-        line = f"  {key}: {message}{_shown(problem, key)}{_from_variable(problem)}"
-        lines.append(mask_urls(line))
-    return "\n".join(lines)
+        part = f"{key}: {message}{_shown(problem, key)}{_from_variable(problem)}"
+        parts.append(mask_urls(" ".join(part.split())))  # a message's own newlines too
+    return "; ".join(parts)
 
 
 def _shown(problem: dict, key: str) -> str:
