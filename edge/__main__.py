@@ -99,11 +99,15 @@ def reload_in_place() -> None:
 
 def check_config(args: argparse.Namespace) -> int:
     """What ``run`` would refuse at start-up, refused here too: the model is loaded (file,
-    metadata, interpreter), not just found."""
+    metadata, interpreter), not just found, and TLS files are loaded as the client will."""
     from edge.emotions import EmotionClassifier
 
     config = load_config(args.config)
     EmotionClassifier(config.model.path)
+    if config.mqtt and config.mqtt.tls:  # certificates, key and its passphrase, as run uses them
+        from edge.comms.mqtt import tls_context
+
+        tls_context(config.mqtt.tls)
     print(json.dumps(config.masked(), indent=2))
     return 0
 

@@ -11,7 +11,8 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SHARED
+import yaml
+from conftest import ROOT, SHARED, run_cli
 from services import Broker, Subscriber, shutdown_summary
 from test_daemon import DaemonProcess
 
@@ -216,3 +217,75 @@ def test_a_broker_certificate_from_another_ca_is_named_in_the_log(secure_broker,
     assert "certificate verify failed" in log
     assert log.count("MQTT cannot connect") == 1  # once per outage, not once per retry
     assert "s3cret-pw" not in log
+
+
+def make_client_certificate(folder: Path, passphrase: str) -> tuple[Path, Path]:
+    """A client certificate signed by ``make_certificates``' CA in ``folder``, its key encrypted
+    with ``passphrase`` (as a device's provisioning often leaves it)."""
+    key, csr, cert = (folder / n for n in ("c.key", "c.csr", "c.crt"))
+
+    def run(*args: object) -> None:
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+    run("genpkey", "-algorithm", "RSA", "-aes256", "-pass", f"pass:{passphrase}", "-out", key)
+    run(
+        "req",
+        "-new",
+        "-key",
+        key,
+        "-passin",
+        f"pass:{passphrase}",
+        "-subj",
+        "/CN=edge",
+        "-out",
+        csr,
+    )
+    run(
+        "x509",
+        "-req",
+        "-in",
+        csr,
+        "-CA",
+        folder / "ca.crt",
+        "-CAkey",
+        folder / "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        cert,
+    )
+    return cert, key
+
+
+def test_a_client_certificate_with_an_encrypted_key_gets_in(tmp_path, monkeypatch):
+    """A broker that admits only certificates of its CA; the device's key is encrypted and its
+    passphrase comes from the environment (the unit's credentials), never printed."""
+    ca, server_cert, server_key = make_certificates(tmp_path)
+    cert, key = make_client_certificate(tmp_path, "k3y-pass")
+    extra = f"cafile {ca}\ncertfile {server_cert}\nkeyfile {server_key}\nrequire_certificate true\n"
+    broker = Broker(tmp_path, extra=extra).start()
+    config = secure_config(broker.port, ca, "unused")
+    del config["mqtt"]["username"], config["mqtt"]["password"]
+    config["mqtt"]["tls"] |= {"cert_file": str(cert), "key_file": str(key)}
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    try:
+        without = run_cli("edge", "check-config", "--config", path)
+        assert without.returncode == 2
+        assert (
+            "the key is encrypted: give its passphrase as mqtt.tls.key_password" in without.stderr
+        )
+        monkeypatch.setenv("EDGE_MQTT__TLS__KEY_PASSWORD", "k3y-pass")
+        checked = run_cli("edge", "check-config", "--config", path)
+        assert checked.returncode == 0, checked.stderr
+        daemon = DaemonProcess(tmp_path, config)
+        try:
+            daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=30)
+            daemon.wait_metric("edge_emotion_events_published_total", lambda v: v >= 1, 30)
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+    finally:
+        broker.stop()
+    assert all("k3y-pass" not in text for text in (checked.stdout, checked.stderr, daemon.log()))

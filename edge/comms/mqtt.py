@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
@@ -339,16 +340,33 @@ def tls_context(tls: TlsConfig) -> ssl.SSLContext:
         ) from None
     context.check_hostname = not tls.insecure
     if tls.cert_file:
+        # Always a password callback: without one, OpenSSL would prompt for an encrypted key's
+        # passphrase on a terminal a service does not have.
+        password = tls.key_password.get_secret_value() if tls.key_password else ""
         try:
-            # An encrypted key would make OpenSSL prompt on a terminal a service does not have.
-            context.load_cert_chain(tls.cert_file, tls.key_file, password=lambda: b"")
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=lambda: password)
         except (ssl.SSLError, OSError) as error:
             raise ConfigError(
                 f"mqtt.tls.cert_file {tls.cert_file}"
                 + (f" / key_file {tls.key_file}" if tls.key_file else "")
                 + f": not a usable certificate and private key: {_why(error)}"
+                + _key_hint(tls)
             ) from None
     return context
+
+
+def _key_hint(tls: TlsConfig) -> str:
+    """OpenSSL says only "PEM lib" when an encrypted key cannot be unlocked: say what to do."""
+    key = tls.key_file or tls.cert_file
+    try:
+        encrypted = b"ENCRYPTED" in Path(key).read_bytes()[:4096]
+    except OSError:
+        return ""
+    if not encrypted:
+        return ""
+    if tls.key_password is None:
+        return " (the key is encrypted: give its passphrase as mqtt.tls.key_password)"
+    return " (the key is encrypted and mqtt.tls.key_password does not unlock it)"
 
 
 def _why(error: Exception) -> str:

@@ -169,8 +169,11 @@ class EdgeConfig(BaseSettings):
         data = self.model_dump(mode="json")
         for camera in data["cameras"]:
             camera["source"] = mask_url(str(camera["source"]))
-        if data.get("mqtt") and data["mqtt"].get("password"):
-            data["mqtt"]["password"] = "***"
+        mqtt = data.get("mqtt") or {}
+        if mqtt.get("password"):
+            mqtt["password"] = "***"
+        if (mqtt.get("tls") or {}).get("key_password"):
+            mqtt["tls"]["key_password"] = "***"
         return data
 
 

@@ -27,12 +27,17 @@ class TlsConfig(BaseModel):
     ca_file: FilePath | None = None
     cert_file: FilePath | None = None
     key_file: FilePath | None = None
+    # For an encrypted key_file (PEM "ENCRYPTED PRIVATE KEY"); EDGE_MQTT__TLS__KEY_PASSWORD
+    # keeps it out of the file.
+    key_password: SecretStr | None = None
     insecure: bool = Field(False, description="skip host name verification (testing only)")
 
     @model_validator(mode="after")
     def _key_needs_certificate(self) -> TlsConfig:
         if self.key_file and not self.cert_file:
             raise ValueError("key_file is the private key of cert_file: give cert_file too")
+        if self.key_password and not self.cert_file:
+            raise ValueError("key_password unlocks the key of cert_file: give cert_file too")
         return self
 
 
