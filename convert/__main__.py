@@ -300,8 +300,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.latency_faces < 1:
         raise ConvertError(f"--latency-faces {args.latency_faces}: must be 1 or more")
-    if args.plot and args.plot.suffix.lower() not in PLOT_FORMATS:
-        raise ConvertError(f"--plot {args.plot}: must end in {', '.join(PLOT_FORMATS)}")
+    if args.plot:
+        _plot_destination(args.plot)
     report = evaluate(args.model, args.data, args.usage, args.latency_faces, args.votes)
     shown = ["fer2013", "ferplus"] if args.labels == "both" else [args.labels]
     if "ferplus" not in report["labellings"]:
@@ -310,15 +310,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 f"--labels ferplus: no FER+ votes found for {report['data']}: pass --votes FILE"
             )
         shown = ["fer2013"]
-    if args.plot:
-        plot_confusion(report, args.plot, shown)
     if args.json:
         import json
 
-        print(json.dumps(report))
+        print(json.dumps(report), flush=True)
     else:
-        print(format_report(report, shown))
+        print(format_report(report, shown), flush=True)
+    if args.plot:  # after the report: a plot that cannot be written loses no evaluation
+        try:
+            plot_confusion(report, args.plot, shown)
+        except OSError as error:
+            raise ConvertError(
+                f"--plot {args.plot}: not written ({error.strerror or error}); "
+                "the evaluation above is complete"
+            ) from None
     return 0
+
+
+def _plot_destination(path: Path) -> None:
+    """Checked before minutes of evaluation: the format, and a folder the plot can go in."""
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise ConvertError(f"--plot {path}: must end in {', '.join(PLOT_FORMATS)}")
+    try:
+        if path.is_dir():
+            raise ConvertError(f"--plot {path}: is a folder; give a file name")
+    except OSError as error:  # a name too long for the file system
+        raise ConvertError(f"--plot {path}: {error.strerror or error}") from None
+    path.parent.mkdir(parents=True, exist_ok=True)  # a file in the way: one line, exit 2
 
 
 if __name__ == "__main__":

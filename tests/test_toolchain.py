@@ -152,6 +152,17 @@ def test_evaluate_reports_the_documented_json(trained: Path, tmp_path: Path):
     assert plot.stat().st_size > 0
 
 
+def test_an_evaluation_is_printed_even_when_its_plot_cannot_be_written():
+    plot = Path("/proc/confusion.png")  # a folder that exists, where no file can be made
+    result = run_cli(
+        "convert", "evaluate", "--model", SHIPPED, "--data", SAMPLE_CSV, "--plot", plot
+    )
+    assert result.returncode == 2
+    assert "accuracy" in result.stdout and "confusion" in result.stdout
+    assert "the evaluation above is complete" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
 def test_evaluate_reads_a_plain_folder_of_emotion_folders(trained: Path):
     result = run_cli(
         "convert",
@@ -234,6 +245,14 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
             "must end in .png, .pdf, .svg",
         ),
         (
+            ("evaluate", "--model", SHIPPED, "--data", SAMPLE_CSV, "--plot", SAMPLE_CSV / "c.png"),
+            "a file is where an output folder must go",
+        ),
+        (
+            ("evaluate", "--model", SHIPPED, "--data", SAMPLE_CSV, "--plot", "x" * 300 + ".png"),
+            "File name too long",
+        ),
+        (
             ("export", "--model", SHIPPED.with_suffix(".keras"), "--out", "model.keras"),
             "the exported model's name must end in .tflite",
         ),
@@ -314,6 +333,8 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
         *(
             "no-latency-faces",
             "plot-format",
+            "plot-folder-blocked-by-a-file",
+            "plot-name-too-long",
             "export-out-not-tflite",
             "nothing-to-train",
             "batch-size-0",
