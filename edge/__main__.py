@@ -108,8 +108,20 @@ def check_config(args: argparse.Namespace) -> int:
         from edge.comms.mqtt import tls_context
 
         tls_context(config.mqtt.tls)
+    for what, server in (("metrics", config.metrics), ("view", config.view)):
+        if server.enabled:  # resolved, not bound: the running service may hold the port
+            _resolvable(what, server.host, server.port)
     print(json.dumps(config.masked(), indent=2))
     return 0
+
+
+def _resolvable(what: str, host: str, port: int) -> None:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as error:
+        raise ConfigError(f"{what} {host}:{port}: cannot serve: {error.strerror}") from None
 
 
 def run_analyze(args: argparse.Namespace) -> int:

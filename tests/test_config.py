@@ -65,6 +65,21 @@ mqtt: {host: localhost, username: edge, password: hunter2}
             "metrics.port and view.port are both 9108",
         ),
         ("cameras: [oops", "not valid YAML"),
+        (
+            f"cameras: [{{name: a, source: {CLIP}}}]\nmetrics: {{host: nosuch.invalid}}",
+            "metrics nosuch.invalid:9108: cannot serve",
+        ),
+        (
+            f"cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {{host: h, qos: off}}",
+            "qos takes a number, not false",
+        ),
+        (f"cameras: [{{name: a, source: {CLIP}, fps: yes}}]", "fps takes a number, not true"),
+        (f"cameras: [{{name: a, source: {CLIP}}}]\nworkers: on", "workers takes a number"),
+        (
+            f"cameras: [{{name: a, source: {CLIP}}}]\ndetector: {{min_size: 99999999999}}",
+            "detector.min_size",
+        ),
+        ("cameras: [{name: a, source: 'rtsp://'}]", "a rtsp URL needs a host"),
     ],
     ids=[
         "typo",
@@ -82,6 +97,12 @@ mqtt: {host: localhost, username: edge, password: hunter2}
         "model-not-tflite",
         "same-port",
         "yaml",
+        "metrics-host-unresolvable",
+        "qos-off",
+        "fps-yes",
+        "workers-on",
+        "huge-min-size",
+        "url-without-host",
     ],
 )
 def test_bad_configuration_exits_2_naming_the_key(tmp_path, text, expected):
@@ -119,3 +140,11 @@ def test_an_error_names_the_environment_when_the_value_came_from_it(tmp_path, mo
     write(tmp_path, f"cameras: [{{name: a, source: {CLIP}, fps: -1}}]\n")
     result = run_cli("edge", "check-config", "--config", config)
     assert f"{config} and environment: invalid configuration" in result.stderr
+
+
+def test_a_bracketed_ipv6_broker_address_is_used_as_an_address(tmp_path):
+    """``[::1]`` is how URLs write it; a socket given the brackets never connects."""
+    config = write(tmp_path, f"cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {{host: '[::1]'}}\n")
+    result = run_cli("edge", "check-config", "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["mqtt"]["host"] == "::1"

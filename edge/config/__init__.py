@@ -14,8 +14,6 @@ from typing import Any
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     FilePath,
     ValidationError,
@@ -31,7 +29,8 @@ from pydantic_settings import (
 
 from edge import DEFAULT_MODEL
 from edge.config.camera import NAME_PATTERN, CameraConfig, mask_url, mask_urls
-from edge.config.mqtt import HomeAssistantConfig, MqttConfig, TlsConfig
+from edge.config.mqtt import HomeAssistantConfig, Host, MqttConfig, TlsConfig
+from edge.config.section import Section, refuse_booleans
 
 __all__ = [
     "CameraConfig",
@@ -59,53 +58,43 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message lists every problem with its key."""
 
 
-class MetricsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class MetricsConfig(Section):
     enabled: bool = True
-    host: str = "127.0.0.1"  # loopback by default: metrics reveal what the cameras see
+    host: Host = "127.0.0.1"  # loopback by default: metrics reveal what the cameras see
     port: int = Field(9108, ge=0, le=65535)
 
 
-class ViewConfig(BaseModel):
+class ViewConfig(Section):
     """The live view (edge.view): off by default; on loopback unless told otherwise, because
     anyone who can reach the port sees the cameras."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
     enabled: bool = False
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: int = Field(9109, ge=0, le=65535)
 
 
-class ModelConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class ModelConfig(Section):
     path: FilePath = DEFAULT_MODEL
     threads: int = Field(1, ge=1, le=16)
 
 
-class DetectorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class DetectorConfig(Section):
     scale_factor: float = Field(1.1, gt=1.0, le=2.0)
     min_neighbors: int = Field(5, ge=0, le=50)
-    min_size: int = Field(40, ge=8, description="smallest face, in frame pixels")
+    min_size: int = Field(40, ge=8, le=4096, description="smallest face, in frame pixels")
     # Frames wider than this are downscaled before detection: Haar cost grows with area.
-    max_width: int = Field(640, ge=64)
+    max_width: int = Field(640, ge=64, le=7680)
     # Full-frame scans this often (frames); in between only around the faces already found.
     # 1 scans every frame fully.
     full_scan_every: int = Field(10, ge=1, le=100)
 
 
-class TrackingConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class TrackingConfig(Section):
     iou_threshold: float = Field(0.3, gt=0, lt=1)
-    lost_after_s: float = Field(1.0, gt=0, description="a track unseen this long ends")
+    lost_after_s: float = Field(1.0, gt=0, le=3600, description="a track unseen this long ends")
     smoothing: float = Field(0.3, gt=0, le=1, description="weight of the newest frame's scores")
     hysteresis: float = Field(0.1, ge=0, lt=1, description="lead needed to change emotion")
-    heartbeat_s: float = Field(10.0, ge=0, description="0 disables heartbeat events")
+    heartbeat_s: float = Field(10.0, ge=0, le=86400, description="0 disables heartbeat events")
 
 
 class EdgeConfig(BaseSettings):
@@ -128,6 +117,11 @@ class EdgeConfig(BaseSettings):
     # Analysis threads, each with its own interpreter, shared by all cameras; 0: two per core.
     workers: int = Field(0, ge=0, le=64)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, data: Any) -> Any:
+        return refuse_booleans(cls, data)
 
     @field_validator("cameras")
     @classmethod
@@ -280,20 +274,49 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if isinstance(key, str | int | float | bool) and key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                    None,
+                    None,
+                    f"key {_key_part(str(key))} appears twice in one mapping",
+                    key_node.start_mark,
                 )
             seen.add(key if isinstance(key, str | int | float | bool) else id(key_node))
         return super().construct_mapping(node, deep=deep)
+
+    def compose_scalar_node(self, anchor: str | None) -> yaml.ScalarNode:
+        # ``password: &Hunter2`` is an anchor named Hunter2 on an empty value: YAML reads null,
+        # and the daemon would connect without the password it was given.
+        node = super().compose_scalar_node(anchor)
+        if anchor is not None and node.value == "" and node.style is None:
+            raise yaml.composer.ComposerError(
+                None, None, "an anchor (&) on an empty value", node.start_mark
+            )
+        return node
+
+
+# What YAML quotes of the text that may be shown: its token names (<scalar>) and single
+# punctuation characters (a tab, ':'); an alias, a tag or a letter may be part of a password
+# (``password: *Hunter2`` is an alias to YAML).
+_QUOTED = re.compile(r"'([^']*)'")
+# Plain values that start with one of these are YAML syntax, not text.
+_SYNTAX_HINT = " (quote a value that starts with * & ! | > % @ or `)"
 
 
 def _where(error: yaml.YAMLError) -> str:
     """Line, column and the parser's problem: never the offending text, which may be a
     password (``password: "hunter2`` with its quote unclosed)."""
     mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or "cannot parse"
+    problem = _QUOTED.sub(_quoted_if_harmless, getattr(error, "problem", None) or "cannot parse")
+    if any(w in problem for w in ("alias", "tag", "anchor", "indicator", "found character")):
+        problem += _SYNTAX_HINT
     if mark is None:
-        return f": {problem}"
+        return f": {mask_urls(problem)}"
     return f" at line {mark.line + 1}, column {mark.column + 1}: {mask_urls(problem)}"
+
+
+def _quoted_if_harmless(match: re.Match) -> str:
+    text = match.group(1)
+    harmless = re.fullmatch(r"<[a-z ]+>", text) or (len(text) <= 2 and not text.isalnum())
+    return match.group(0) if harmless else "'…'"
 
 
 # Quoted after a problem only if it cannot hold a credential: no user:pass@, no key=value,
@@ -306,11 +329,20 @@ def describe(error: ValidationError) -> str:
     ``cameras.0.fps: Input should be greater than 0 (got -1); mqtt.qos: ...``."""
     parts = []
     for problem in error.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        key = ".".join(_key_part(str(part)) for part in problem["loc"]) or "(top level)"
         message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        if key.endswith("…") and problem["type"] == "extra_forbidden":
+            message += " (a space is needed after ':' in key: value)"
         part = f"{key}: {message}{_shown(problem, key)}{_from_variable(problem)}"
         parts.append(mask_urls(" ".join(part.split())))  # a message's own newlines too
     return "; ".join(parts)
+
+
+def _key_part(part: str) -> str:
+    """A key as YAML read it, cut at the first ':', '=' or blank: ``{password:hunter2}`` is one
+    key ``password:hunter2`` to YAML, and the rest is the value meant."""
+    cut = re.split(r"[:=\s]", part, maxsplit=1)
+    return cut[0] + "…" if len(cut) > 1 else part
 
 
 def _shown(problem: dict, key: str) -> str:

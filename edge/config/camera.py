@@ -6,7 +6,9 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from edge.config.section import Section
 
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"  # safe as one MQTT topic level and as a metric label
 # Not rtmp: FFmpeg's "timeout" option (set for every stream, see edge.video) makes RTMP listen.
@@ -15,9 +17,7 @@ STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "udp", "tcp")
 MAX_USB_INDEX = 999
 
 
-class CameraConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class CameraConfig(Section):
     name: str = Field(pattern=NAME_PATTERN, max_length=64)
     # rtsp://… (or another FFmpeg URL), a USB camera index (0), /dev/videoN, or a video file.
     source: int | str
@@ -50,6 +50,9 @@ class CameraConfig(BaseModel):
                 raise ValueError(
                     f"a {scheme} URL needs '://' after the scheme ({scheme}://host/path)"
                 )
+            address = value.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+            if not address:
+                raise ValueError(f"a {scheme} URL needs a host ({scheme}://host/path)")
             return value
         if "://" in value:
             raise ValueError(
@@ -78,8 +81,20 @@ class CameraConfig(BaseModel):
 # ``/user=admin&password=...``, ``?usr=admin&pwd=...`` or ``?loginuse=...&loginpas=...``): any
 # key that contains one of these words, whatever is around it (``user_password``).
 CREDENTIAL_PAIR = re.compile(
-    r"(?i)([A-Za-z0-9_.-]*(?:user|usr|login|pass|pwd|pw|token|auth|secret|key|sig)"
+    r"(?i)([A-Za-z0-9_.-]*(?:user|usr|login|pass|pwd|pw|token|auth|secret|key|sig|cred)"
     r"[A-Za-z0-9_.-]*)=[^&;/?#\s]*"
+)
+# Inside a URL every key=value is masked except these: what a camera's URL names that is not a
+# secret. Vendors spell credentials every way (``?u=admin&p=...``, ``;credentials=...``), and
+# hiding a harmless value costs less than showing a password.
+ANY_PAIR = re.compile(r"([A-Za-z0-9_.-]+)=([^&;/?#\s]*)")
+SHOWN_KEYS = frozenset(
+    [
+        *("channel", "ch", "chn", "subtype", "stream", "streamtype", "profile", "resolution"),
+        *("res", "codec", "videocodec", "fps", "transport", "rtsp_transport", "unicast"),
+        *("proto", "mode", "type", "camera", "cam", "id", "quality", "width", "height"),
+        *("media", "audio"),
+    ]
 )
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
@@ -97,7 +112,12 @@ def mask_url(url: str) -> str:
     at = rest.rfind("@")
     if at != -1:
         rest = "***:***@" + rest[at + 1 :]
-    return f"{scheme}://" + CREDENTIAL_PAIR.sub(lambda m: f"{m.group(1)}=***", rest)
+    return f"{scheme}://" + ANY_PAIR.sub(_mask_pair, rest)
+
+
+def _mask_pair(match: re.Match) -> str:
+    key = match.group(1)
+    return match.group(0) if key.lower() in SHOWN_KEYS else f"{key}=***"
 
 
 def mask_urls(text: str) -> str:

@@ -3,27 +3,41 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
+    AfterValidator,
     Field,
     FilePath,
     SecretStr,
-    field_validator,
     model_validator,
 )
 
+from edge.config.section import Section
+
 # A host name, IPv4 or IPv6 address (bracketed or not).
 HOST = re.compile(r"^[^\s/@:\[\]]+$|^\[?[0-9A-Fa-f:.]+\]?$")
+
+
+def host_only(value: str) -> str:
+    """A URL where a host goes (``mqtt://user:pass@host``) would put credentials where every
+    log line about the connection shows them; the message never quotes the value. ``[::1]``
+    is URL notation: sockets want ``::1``."""
+    if not HOST.match(value):
+        raise ValueError(
+            "expected a host name or IP address only (the port has its own key; credentials "
+            "do not go here)"
+        )
+    return value.removeprefix("[").removesuffix("]")
+
+
+Host = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(host_only)]
 # Topic levels without wildcards or blanks; not starting with "$" (reserved for the broker's
 # own topics, such as $SYS: a client cannot publish there).
 TOPIC_LEVEL = r"^[^/#+\s$][^/#+\s]*(/[^/#+\s]+)*$"
 
 
-class TlsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class TlsConfig(Section):
     ca_file: FilePath | None = None
     cert_file: FilePath | None = None
     key_file: FilePath | None = None
@@ -41,10 +55,8 @@ class TlsConfig(BaseModel):
         return self
 
 
-class HomeAssistantConfig(BaseModel):
+class HomeAssistantConfig(Section):
     """MQTT discovery: Home Assistant creates the sensors itself from retained config messages."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     enabled: bool = False
     discovery_prefix: str = Field("homeassistant", pattern=TOPIC_LEVEL)
@@ -53,10 +65,8 @@ class HomeAssistantConfig(BaseModel):
     device_name: str | None = Field(None, description="default: Emotion sensor <device_id>")
 
 
-class MqttConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    host: str = Field(min_length=1, max_length=253)
+class MqttConfig(Section):
+    host: Host
     port: int = Field(1883, ge=1, le=65535)
     topic_prefix: str = Field("edge-emotion", pattern=TOPIC_LEVEL, max_length=128)
     qos: int = Field(1, ge=0, le=2)
@@ -71,15 +81,3 @@ class MqttConfig(BaseModel):
     queue_size: int = Field(10000, ge=1, le=60000)  # MQTT message ids wrap at 65535
     reconnect_max_s: float = Field(30.0, ge=1, le=600)
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
-
-    @field_validator("host")
-    @classmethod
-    def _host_only(cls, value: str) -> str:
-        # A URL here (mqtt://user:pass@host) would put credentials where every log line about
-        # the connection shows them; the message never quotes the value.
-        if not HOST.match(value):
-            raise ValueError(
-                "expected a host name or IP address only (the port goes in mqtt.port, "
-                "credentials in mqtt.username and mqtt.password)"
-            )
-        return value
