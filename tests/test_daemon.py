@@ -413,6 +413,31 @@ def test_systemd_ready_then_watchdog_pings_only_while_frames_flow(tmp_path, rtsp
     assert daemon.stop() == 0
 
 
+@pytest.mark.parametrize(
+    "answer", [b"HTTP/1.0 400 Bad Request\r\n\r\n", None], ids=["http", "silent"]
+)
+def test_a_broker_address_that_is_not_an_mqtt_broker_is_named_once_in_the_log(daemons, answer):
+    """A port that speaks another protocol (or nothing) accepts TCP: without a word in the log,
+    events would pile up unseen until the queue filled."""
+    other = BrokenCamera(garbage=answer)
+    try:
+        daemon = daemons(
+            {
+                "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+                "mqtt": {"host": "127.0.0.1", "port": other.port, "keepalive_s": 5},
+                "tracking": {"heartbeat_s": 0.5},
+            }
+        )
+        daemon.wait_log(lambda log: "closed the connection before accepting" in log, timeout=30)
+        daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 1, timeout=30)
+        assert daemon.stop() == 0
+    finally:
+        other.close()
+    log = daemon.log()
+    assert log.count("closed the connection before accepting") == 1, log
+    assert "is it an MQTT port, and not one that needs TLS (mqtt.tls)?" in log
+
+
 def test_a_killed_daemon_is_announced_offline_by_the_last_will(broker, daemons):
     sub = Subscriber(broker.port, "edge-emotion/+/status")
     daemon = daemons(

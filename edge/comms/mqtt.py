@@ -306,6 +306,19 @@ class MqttPublisher:
             log.info("MQTT disconnected")
         elif self.stats.connected:
             log.warning("MQTT disconnected (%s); %s", reason, self._meanwhile())
+        elif not self._connect_warned:
+            # The TCP connection worked and closed before the broker accepted the session:
+            # neither a failed connect nor a lost one, and paho says nothing about it.
+            self._connect_warned = True
+            log.warning(
+                "MQTT %s:%d closed the connection before accepting a session (%s): is it an "
+                "MQTT port%s? %s, retrying with backoff",
+                self.config.host,
+                self.config.port,
+                reason,
+                "" if self._tls else ", and not one that needs TLS (mqtt.tls)",
+                self._meanwhile(),
+            )
         self.stats.connected = False
         with self._drained:
             self._drained.notify_all()
