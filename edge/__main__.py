@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import os
+import signal
 import sys
-from pathlib import Path
 
-from edge.config import ConfigError, EdgeConfig, load_config
-from edge.emotions import ModelError
+# A reload (SIGHUP) that arrives while the daemon starts, before its own handlers exist, would
+# end the process by default: a second `systemctl reload` within a second of the first left the
+# service dead. Remembered from the first moment instead, and acted on once running.
+_early_reloads: list[int] = []
+if __name__ == "__main__" and sys.argv[1:2] in (["run"], ["demo"]):
+    signal.signal(signal.SIGHUP, lambda signum, _frame: _early_reloads.append(signum))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from edge.config import ConfigError, EdgeConfig, load_config  # noqa: E402
+from edge.emotions import ModelError  # noqa: E402
 
 EXIT_CONFIG = 2
 
@@ -22,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ModelError) as error:
         print(f"edge {args.name}: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except KeyboardInterrupt:  # Ctrl-C before the daemon's own handler exists (start-up)
+        print(f"edge {args.name}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader went away (`check-config | head`): not an error of ours. Point stdout at
         # /dev/null so the interpreter's final flush does not raise again.
@@ -73,6 +85,8 @@ def serve(config: EdgeConfig) -> int:
     tune_opencv(len(config.cameras))
     daemon = Daemon(config)
     daemon.install_signal_handlers()
+    if _early_reloads:
+        daemon.request_reload()  # starts, then restarts at once with the configuration re-read
     code = daemon.run()
     if daemon.reload_requested:
         reload_in_place()

@@ -168,9 +168,9 @@ class Daemon:
         configuration re-read (``edge.__main__.reload_in_place``)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop_requested.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
 
-    def _reload(self) -> None:
+    def request_reload(self) -> None:
         self.reload_requested = True
         self.stop_requested.set()
 

@@ -201,6 +201,51 @@ def test_sighup_restarts_in_place_with_the_configuration_reread(tmp_path):
     assert "Traceback" not in text
 
 
+def test_reloads_while_starting_up_never_kill_the_daemon(tmp_path):
+    """Two `systemctl reload`s a moment apart: the second arrives while the re-executed process
+    is still loading; by default SIGHUP would end it, and systemd counts that a clean exit."""
+    path = tmp_path / "edge.yaml"
+    camera = {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True}
+    path.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
+    log = tmp_path / "daemon.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", "--config", str(path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log.open("w"),
+        text=True,
+    )
+    try:
+        time.sleep(0.3)  # inside start-up: there is no event to wait on before the model loads
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGHUP)
+        assert '"event"' in proc.stdout.readline()  # running after all
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    assert "Traceback" not in log.read_text()
+
+
+def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"cameras": [{"name": "clip", "source": str(CLIP)}]}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", "--config", str(path)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    time.sleep(0.5)  # loading: before the daemon's own handlers exist
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=20)
+    assert "Traceback" not in stderr
+    assert proc.returncode in (0, 130), stderr
+
+
 def test_a_closed_pipe_is_not_an_error(tmp_path):
     for args in (
         ("check-config", "--config", str(ROOT / "systemd" / "edge.example.yaml")),
