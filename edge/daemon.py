@@ -126,6 +126,9 @@ class Daemon:
             if self.pool.done:
                 log.info("every source has ended")
                 return 0
+            if self.publisher.stats.gone:
+                log.info("the reader of the events closed standard output: stopping")
+                return 0
             newest = max(c.last_processed for c in self.cameras)
             # Pings stop half a WatchdogSec after the last analysed frame, so systemd restarts a
             # daemon whose cameras all gave nothing for 1.5 x WatchdogSec (90 s by default): a

@@ -247,9 +247,14 @@ def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
 
 
 def test_a_closed_pipe_is_not_an_error(tmp_path):
+    """Also for the daemon printing events: it stops, as a pipeline's writer does."""
+    looping = tmp_path / "edge.yaml"
+    camera = {"name": "clip", "source": str(CLIP), "loop": True}
+    looping.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
     for args in (
         ("check-config", "--config", str(ROOT / "systemd" / "edge.example.yaml")),
         ("analyze", str(CLIP), "--json"),
+        ("run", "--config", str(looping)),
     ):
         proc = subprocess.Popen(
             [sys.executable, "-m", "edge", *args],

@@ -16,6 +16,7 @@ class PublisherStats:
     connected: bool | None = False  # None: no broker to be connected to (stdout)
     # Home Assistant "online" messages answered by an announcement already due (rate limit)
     announcements_coalesced: int = 0
+    gone: bool = False  # the destination closed for good (stdout's reader went away)
 
 
 class Publisher(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import TextIO
@@ -22,8 +23,20 @@ class StdoutPublisher:
     def publish(self, event: Event) -> None:
         line = event.payload().decode()
         with self._lock:
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            if self.stats.gone:
+                self.stats.dropped += 1
+                return
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except BrokenPipeError:
+                # The reader went away (`edge run | head`): nothing will read another event, so
+                # the daemon stops (stats.gone), as a pipeline's writer does on SIGPIPE. The
+                # stream points at /dev/null so the interpreter's last flush cannot fail again.
+                self.stats.gone = True
+                self.stats.dropped += 1
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+                return
             self.stats.published += 1
 
     def publish_state(self, state: CameraState) -> None:
