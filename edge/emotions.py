@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -150,6 +151,18 @@ def _check_types(path: Path, raw: dict) -> None:
     for name in ("input_height", "input_width", "input_channels"):
         if name in raw and raw[name] <= 0:
             raise ModelError(f"{path}: {name} must be positive, not {raw[name]}")
+    # JSON readers accept NaN and Infinity; either would make every score NaN, and every event
+    # invalid JSON for its consumers.
+    numbers = {
+        "pixel_scale": raw.get("pixel_scale", 1.0),
+        "pixel_offset": raw.get("pixel_offset", 0.0),
+    }
+    numbers |= {"input_quant scale": quant[0], "input_quant zero_point": quant[1]}
+    for name, value in numbers.items():
+        if not math.isfinite(value):
+            raise ModelError(f"{path}: {name} must be a finite number, not {value}")
+    if numbers["pixel_scale"] == 0 or quant[0] <= 0:
+        raise ModelError(f"{path}: pixel_scale must not be 0 and the input_quant scale must be > 0")
 
 
 class EmotionClassifier:

@@ -439,8 +439,14 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp_path):
         {"labels": ["a"] * 7},
         {"input_quant": [1]},
         None,
+        {"pixel_scale": float("nan")},
+        {"pixel_offset": float("inf")},
+        {"pixel_scale": 0},
     ],
-    ids=["string-scale", "bool-size", "no-labels", "same-label", "half-quant", "not-an-object"],
+    ids=[
+        *("string-scale", "bool-size", "no-labels", "same-label", "half-quant", "not-an-object"),
+        *("nan-scale", "infinite-offset", "zero-scale"),
+    ],
 )
 def test_model_metadata_of_the_wrong_type_stops_start_up(tmp_path, change):
     model = tmp_path / "model.tflite"
