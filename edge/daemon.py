@@ -207,6 +207,9 @@ def analysis_workers(config: EdgeConfig) -> int:
 
 
 def tune_opencv(cameras: int) -> None:
-    """One OpenCV thread per analysis worker: the workers already spread over the cores."""
+    """One OpenCV thread per analysis worker: the workers already spread over the cores.
+    OpenCV's own warnings off: a missing USB camera printed two of them at every retry, for as
+    long as it was missing; the reader says it once per outage."""
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     if cameras > 1:
         cv2.setNumThreads(1)

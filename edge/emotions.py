@@ -161,8 +161,8 @@ def _check_types(path: Path, raw: dict) -> None:
     for name, value in numbers.items():
         if not math.isfinite(value):
             raise ModelError(f"{path}: {name} must be a finite number, not {value}")
-    if numbers["pixel_scale"] == 0 or quant[0] <= 0:
-        raise ModelError(f"{path}: pixel_scale must not be 0 and the input_quant scale must be > 0")
+    if numbers["pixel_scale"] == 0 or quant[0] < 0:  # scale 0: a float input, not quantized
+        raise ModelError(f"{path}: pixel_scale must not be 0, nor the input_quant scale negative")
 
 
 class EmotionClassifier:

@@ -275,6 +275,25 @@ def test_stderr_carries_only_our_own_lines():
     assert "XNNPACK" not in result.stderr and "INFO: Created" not in result.stderr
 
 
+def test_a_missing_usb_camera_is_said_once_not_at_every_retry(daemons):  # noqa: F811
+    """OpenCV printed its own two warnings at every reopen, for as long as the camera was
+    missing: months of journal noise."""
+    daemon = daemons(
+        {
+            "cameras": [
+                {"name": "usb", "source": 7},  # no /dev/video7 here
+                {"name": "clip", "source": str(CLIP), "loop": True, "fps": 10},
+            ]
+        }
+    )
+    # The reader retries after 0.5, 1 and 2 s: three retries within these 4 s of video.
+    daemon.wait_metric('edge_emotion_frames_read_total{camera="clip"}', lambda v: v > 120, 30)
+    assert daemon.stop() == 0
+    log = daemon.log()
+    assert log.count("camera usb: cannot open 7") == 1, log
+    assert "VIDEOIO" not in log and "WARN:" not in log, log
+
+
 def huge_png(path, width: int, height: int) -> None:
     """A valid gray PNG of a few hundred KB that decodes to width x height pixels."""
     import struct
