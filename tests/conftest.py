@@ -93,3 +93,10 @@ def run_cli(
 @pytest.fixture(scope="session")
 def convert_cli():
     return lambda *args, **kw: run_cli("convert", *args, **kw)
+
+
+@pytest.fixture(autouse=True)
+def private_state(tmp_path, monkeypatch):
+    """Each test's daemons keep undelivered events (mqtt.spool) in the test's own folder: a
+    spool left by one test must not be delivered in another."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -191,6 +192,37 @@ def test_broker_restart_loses_no_event(tmp_path, broker, rtsp, daemons):
     sub.close()
     assert queued >= 5
     assert len({m.payload for m in received}) == delivered
+
+
+def test_a_reload_during_a_broker_outage_loses_no_event(broker, rtsp, daemons):
+    """SIGHUP (or a stop and start) while the broker is away: the queued events are kept in the
+    spool, sent by the next run once the broker is back."""
+    sub = Subscriber(broker.port, "edge-emotion/+/+/event")
+    sub.wait_subscribed()  # a persistent session: the broker keeps what comes meanwhile
+    broker.stop()
+    daemon = daemons(
+        {
+            "device_id": "porch",
+            "cameras": [{"name": "door", "source": rtsp.url(), "fps": 10}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
+            "tracking": {"heartbeat_s": 0.2},
+        }
+    )
+    daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 5, timeout=30)
+    daemon.proc.send_signal(signal.SIGHUP)
+    log = daemon.wait_log(lambda log: "undelivered events of the last run" in log, timeout=30)
+    kept = int(re.search(r"with (\d+) undelivered events: kept in", log).group(1))
+    assert f"sending {kept} undelivered events of the last run" in log
+    broker.start()
+    daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=20)
+    daemon.wait_metric("edge_emotion_events_queued", lambda v: v == 0, timeout=20)
+    assert daemon.stop() == 0, daemon.log()
+    delivered, undelivered, dropped = shutdown_summary(daemon.log())
+    assert (undelivered, dropped) == (0, 0) and delivered >= kept >= 5
+    received = sub.wait_for(lambda ms: len({m.payload for m in ms}) >= delivered, timeout=10)
+    sub.close()
+    assert len({m.payload for m in received}) == delivered
+    assert any(e["event"] == "end" for e in events(received))  # the reload's ends, spooled
 
 
 def test_an_outage_that_fills_the_queue_still_ends_with_the_daemon_online(broker, rtsp, daemons):

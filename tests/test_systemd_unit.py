@@ -106,5 +106,7 @@ def test_unit_keeps_what_the_daemon_needs():
     assert "video" in " ".join(s.get("SupplementaryGroups", [])).split()
     assert any(v.startswith("char-video4linux") for v in s.get("DeviceAllow", []))
     assert s.get("PrivateDevices", ["no"])[-1] in ("no", "false", "0", "off")
+    # Events undelivered at a stop wait there for the next start (ProtectSystem=strict).
+    assert s.get("StateDirectory") == ["edge-emotion"]
     families = " ".join(s.get("RestrictAddressFamilies", [])).split()
     assert {"AF_UNIX", "AF_INET", "AF_INET6"} <= set(families), "sd_notify, cameras, MQTT"

@@ -12,6 +12,7 @@ Home Assistant says it is back ``online``.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -56,7 +57,9 @@ class MqttPublisher:
         self.client_id = config.client_id or f"edge-emotion-{device_id}"
         self._foreign: list[float] = []
         self._twin_warned = False
-        self._pending: set[int] = set()
+        # Events handed to paho and not yet acknowledged, in order: message id -> topic, payload
+        self._pending: dict[int, tuple[str, bytes]] = {}
+        self.spool = spool_path(config, device_id)
         self._acked_early: dict[int, float] = {}
         self._lock = threading.Lock()
         self._closing = False  # our own disconnect at shutdown is not an outage to warn about
@@ -96,16 +99,20 @@ class MqttPublisher:
         return client
 
     def start(self) -> None:
+        for topic, payload in self._unspool():  # the last run's, first: they are older
+            self._send_event(topic, payload)
         self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
         self.client.loop_start()
 
     def publish(self, event: Event) -> None:
-        topic = f"{self.base}/{event.camera}/event"
+        self._send_event(f"{self.base}/{event.camera}/event", event.payload())
+
+    def _send_event(self, topic: str, payload: bytes) -> None:
         if self.config.qos > 0 and not self._room_for_event():
             return
         # Never call paho while holding our lock: paho holds its own locks while it runs
         # on_publish, which takes ours; the opposite order would deadlock.
-        info = self.client.publish(topic, event.payload(), qos=self.config.qos)
+        info = self.client.publish(topic, payload, qos=self.config.qos)
         with self._lock:
             if self.config.qos == 0:  # never queued by paho: sent now or lost
                 if info.rc == mqtt.MQTT_ERR_SUCCESS:
@@ -119,8 +126,68 @@ class MqttPublisher:
             if self._acked_early.pop(info.mid, None) is not None:
                 self.stats.published += 1  # the broker answered before we got here
             else:
-                self._pending.add(info.mid)
+                self._pending[info.mid] = (topic, payload)
             self.stats.queued = len(self._pending)
+
+    def _keep_undelivered(self, events: list[tuple[str, bytes]]) -> None:
+        """Into the spool, for the next start: a restart or reload during an outage must not
+        lose what was accepted. Written whole and renamed into place, private to the user."""
+        if self.spool is None:
+            log.warning("shutting down with %d undelivered events (mqtt.spool is off)", len(events))
+            return
+        lines = [json.dumps({"topic": t, "payload": p.decode()}) + "\n" for t, p in events]
+        temporary = self.spool.with_name(self.spool.name + ".partial")
+        try:
+            self.spool.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.writelines(lines)
+            os.replace(temporary, self.spool)
+        except OSError as error:
+            log.error(
+                "shutting down with %d undelivered events, lost: cannot write the spool %s: %s",
+                len(events),
+                self.spool,
+                error.strerror or error,
+            )
+            return
+        log.warning(
+            "shutting down with %d undelivered events: kept in %s, sent at the next start",
+            len(events),
+            self.spool,
+        )
+
+    def _unspool(self) -> list[tuple[str, bytes]]:
+        """The last run's undelivered events; the file is removed once read (they are queued
+        now, and spooled again if this run cannot deliver them either)."""
+        if self.spool is None or not self.spool.is_file():
+            return []
+        events, bad = [], 0
+        try:
+            text = self.spool.read_text(errors="replace")
+            self.spool.unlink()
+        except OSError as error:
+            log.error("cannot read the spool %s: %s", self.spool, error.strerror or error)
+            return []
+        prefix = f"{self.base}/"
+        for line in text.splitlines():
+            try:
+                item = json.loads(line)
+                topic, payload = item["topic"], item["payload"].encode()
+            except (ValueError, TypeError, KeyError, AttributeError):
+                bad += 1
+                continue
+            if isinstance(topic, str) and topic.startswith(prefix):  # this device's events only
+                events.append((topic, payload))
+            else:
+                bad += 1
+        log.info(
+            "sending %d undelivered events of the last run (from %s)%s",
+            len(events),
+            self.spool,
+            f"; {bad} unreadable lines skipped" if bad else "",
+        )
+        return events
 
     def _room_for_event(self) -> bool:
         """Events may fill ``queue_size`` and no more (the rest of paho's queue is the control
@@ -166,7 +233,7 @@ class MqttPublisher:
             while self._pending and self.stats.connected and time.monotonic() < deadline:
                 self._drained.wait(deadline - time.monotonic())
             if self._pending:
-                log.warning("shutting down with %d undelivered events", len(self._pending))
+                self._keep_undelivered(list(self._pending.values()))
         if self.stats.connected:
             info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
@@ -328,7 +395,7 @@ class MqttPublisher:
     ) -> None:
         with self._drained:
             if mid in self._pending:
-                self._pending.discard(mid)
+                del self._pending[mid]
                 self.stats.published += 1
                 self.stats.queued = len(self._pending)
                 self._drained.notify_all()
@@ -339,6 +406,24 @@ class MqttPublisher:
             self._acked_early[mid] = now
             for old in [m for m, t in self._acked_early.items() if now - t > EARLY_ACK_TTL_S]:
                 del self._acked_early[old]
+
+
+def spool_path(config: MqttConfig, device_id: str) -> Path | None:
+    """Where undelivered events wait between runs: none at qos 0, which never queues."""
+    if not config.spool or config.qos == 0:
+        return None
+    if config.spool_file is not None:
+        return config.spool_file
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]  # systemd's StateDirectory=
+    if state:
+        return Path(state) / f"{device_id}.undelivered.jsonl"
+    home = os.environ.get("XDG_STATE_HOME")
+    if not home:
+        try:
+            home = Path.home() / ".local" / "state"
+        except RuntimeError:  # no home directory to be found: set mqtt.spool_file
+            return None
+    return Path(home) / "edge-emotion" / f"{device_id}.undelivered.jsonl"
 
 
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import (
@@ -80,4 +81,10 @@ class MqttConfig(Section):
     # Events kept in memory while the broker is away; when full, new events are refused (counted).
     queue_size: int = Field(10000, ge=1, le=60000)  # MQTT message ids wrap at 65535
     reconnect_max_s: float = Field(30.0, ge=1, le=600)
+    # Events still undelivered when the daemon stops (SIGTERM, a reload, the broker away) are
+    # written to the spool and sent at the next start (qos 1 and 2). Default file: in
+    # $STATE_DIRECTORY (systemd's StateDirectory=), else $XDG_STATE_HOME or ~/.local/state,
+    # under edge-emotion/, one per device_id.
+    spool: bool = True
+    spool_file: Path | None = None
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
