@@ -336,6 +336,46 @@ def test_two_daemons_with_one_device_id_are_told_apart_and_named(broker, daemons
     assert "Give every device its own device_id" in log and "Traceback" not in log
 
 
+def test_a_broker_that_restores_a_killed_predecessors_instance_raises_no_twin_alarm(
+    broker,  # noqa: F811
+    daemons,  # noqa: F811
+):
+    """After a kill -9 and a restart, a broker crash can bring back the old process's retained
+    instance at two connects in a row: that is this machine's past, not a second device."""
+    import socket
+    from pathlib import Path
+
+    import paho.mqtt.publish as publish
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    stale = f"{socket.gethostname()} pid {int(gone.stdout)} boot {boot} 0ld1nst4"
+    topic = "edge-emotion/cloned/instance"
+
+    def restore_stale() -> None:
+        publish.single(topic, stale, qos=1, retain=True, hostname="127.0.0.1", port=broker.port)
+
+    restore_stale()
+    daemon = daemons(
+        {
+            "device_id": "cloned",
+            "cameras": [{"name": "door", "source": str(CLIP), "loop": True, "fps": 2}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
+        }
+    )
+    daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=30)
+    for _ in range(2):  # two more connects, each finding the stale instance
+        restore_stale()
+        broker.stop()
+        daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 0, timeout=20)
+        broker.start()
+        daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=20)
+    assert daemon.stop() == 0
+    assert "another daemon" not in daemon.log(), daemon.log()
+
+
 def test_a_host_name_that_is_not_a_valid_device_id_gives_a_valid_default(tmp_path):
     config = tmp_path / "edge.yaml"
     config.write_text(yaml.safe_dump({"cameras": [{"name": "a", "source": str(CLIP)}]}))

@@ -53,7 +53,12 @@ class MqttPublisher:
         self.status_topic = f"{self.base}/status"
         # Who this process is, for telling a twin with the same device id from a restart.
         self.instance_topic = f"{self.base}/instance"
-        self.instance = f"{socket.gethostname()} pid {os.getpid()} {uuid.uuid4().hex[:8]}"
+        # The boot id tells this machine's earlier processes (this one before a reload, or
+        # one killed before a broker crash restored its retained instance) from a twin.
+        self.boot = _boot_id()
+        self.instance = (
+            f"{socket.gethostname()} pid {os.getpid()} boot {self.boot} {uuid.uuid4().hex[:8]}"
+        )
         self.client_id = config.client_id or f"edge-emotion-{device_id}"
         self._foreign: list[float] = []
         self._twin_warned = False
@@ -289,7 +294,7 @@ class MqttPublisher:
         a client id, so each connect takes the broker session from the other, endlessly, and
         paho reports only "Unspecified error". Each connect finds the instance that connected
         last; finding another one again and again means a twin (once is a restart of ours)."""
-        if other == self.instance:
+        if other == self.instance or self._predecessor(other):
             return
         now = time.monotonic()
         self._foreign = [t for t in self._foreign if now - t < TWIN_WINDOW_S] + [now]
@@ -304,6 +309,25 @@ class MqttPublisher:
                 self.device_id,
                 self.client_id,
             )
+
+    def _predecessor(self, other: str) -> bool:
+        """An instance of this machine, this boot, whose process is gone (or is this one,
+        before a reload): a broker that lost our newer instance in a crash brings it back."""
+        parts = other.split()
+        if len(parts) != 6 or parts[1] != "pid" or parts[3] != "boot" or not parts[2].isdigit():
+            return False
+        if parts[0] != socket.gethostname() or parts[4] != self.boot or self.boot == "-":
+            return False
+        pid = int(parts[2])
+        if pid == os.getpid():
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # alive, another user's
+            return False
+        return False
 
     def _announce_soon(self) -> None:
         """Announce again now, or once when the rate limit allows, however many "online"
@@ -406,6 +430,13 @@ class MqttPublisher:
             self._acked_early[mid] = now
             for old in [m for m, t in self._acked_early.items() if now - t > EARLY_ACK_TTL_S]:
                 del self._acked_early[old]
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8] or "-"
+    except OSError:
+        return "-"
 
 
 def spool_path(config: MqttConfig, device_id: str) -> Path | None:
