@@ -24,8 +24,11 @@ def _default_model() -> Path:
     checkout = Path(__file__).resolve().parent.parent / "models" / MODEL_FILE
     for prefix in (sys.prefix, site.getuserbase()):
         installed = Path(prefix) / "share" / "edge-emotion" / "models" / MODEL_FILE
-        if installed.is_file() and not checkout.is_file():
-            return installed
+        try:
+            if installed.is_file() and not checkout.is_file():
+                return installed
+        except OSError:  # a home directory this user may not enter (HOME=/root under sudo -u)
+            continue
     return checkout
 
 

@@ -45,8 +45,10 @@ def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
 def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
     if path.is_dir():
         raise OSError(f"{path}: a directory, not an image or video")
-    if not path.is_file():
+    if not path.exists():
         raise OSError(f"{path}: no such file")
+    if not path.is_file():
+        raise OSError(f"{path}: not a regular file (a device or a pipe), not an image or video")
     if path.suffix.lower() in IMAGE_SUFFIXES:
         try:
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)

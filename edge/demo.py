@@ -8,6 +8,7 @@ view, so nothing non-free is committed or downloaded. Events go to stdout, metri
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -24,10 +25,34 @@ def cache_dir() -> Path:
 
 
 def sample_clip(path: Path | None = None) -> Path:
-    """The demo clip, built once (MJPEG in AVI: OpenCV writes it without FFmpeg encoders)."""
-    path = path or cache_dir() / "astronaut-demo.avi"
-    if path.is_file():
-        return path
+    """The demo clip, built once (MJPEG in AVI: OpenCV writes it without FFmpeg encoders); a
+    cached clip that does not play (an interrupted first run) is built again, and a cache this
+    user cannot write is replaced by the temporary folder."""
+    temporary = Path(tempfile.gettempdir()) / f"edge-emotion-demo-{os.getuid()}.avi"
+    candidates = [path] if path else [cache_dir() / "astronaut-demo.avi", temporary]
+    for clip in candidates:
+        if _plays(clip):
+            return clip
+        try:
+            return _build(clip)
+        except OSError:
+            continue
+    raise SystemExit(
+        f"edge demo: error: cannot write the demo clip in {', '.join(map(str, candidates))}"
+    )
+
+
+def _plays(clip: Path) -> bool:
+    if not clip.is_file():
+        return False
+    capture = cv2.VideoCapture(str(clip))
+    try:
+        return capture.read()[0]
+    finally:
+        capture.release()
+
+
+def _build(path: Path) -> Path:
     try:
         from skimage import data
     except ImportError:
@@ -42,6 +67,8 @@ def sample_clip(path: Path | None = None) -> Path:
     for i in range(CLIP_FPS * CLIP_SECONDS):
         writer.write(_view(photo, i / (CLIP_FPS * CLIP_SECONDS)))
     writer.release()
+    if not _plays(tmp):  # OpenCV writes nothing, without an error, where it cannot write
+        raise OSError(f"{tmp}: not written")
     tmp.replace(path)
     return path
 

@@ -16,6 +16,9 @@ CLIP = SHARED / "media" / "asl-again.mkv"
 
 
 def test_demo_runs_without_camera_or_broker_and_prints_events(tmp_path):
+    """Also after a first run interrupted while it built its clip (an empty file in the cache)."""
+    (tmp_path / "edge-emotion").mkdir()
+    (tmp_path / "edge-emotion" / "astronaut-demo.avi").write_bytes(b"")
     env = {
         **os.environ,
         "XDG_CACHE_HOME": str(tmp_path),
@@ -43,7 +46,7 @@ def test_demo_runs_without_camera_or_broker_and_prints_events(tmp_path):
     assert events[-1]["event"] == "end"
     # The astronaut smiles throughout: her track is reported happy.
     assert any(e["emotion"] == "happy" for e in events if e["box"][2] < 160)
-    assert (tmp_path / "edge-emotion" / "astronaut-demo.avi").is_file()
+    assert (tmp_path / "edge-emotion" / "astronaut-demo.avi").stat().st_size > 100_000
 
 
 def test_analyze_prints_one_json_line_per_face(tmp_path):
@@ -64,7 +67,7 @@ def test_analyze_reports_unreadable_files_and_goes_on(tmp_path):
     not_video.write_bytes(bytes(range(256)) * 16)
     folder = tmp_path / "folder"
     folder.mkdir()
-    files = (broken, tmp_path / "missing.mp4", not_video, folder, CLIP)
+    files = (broken, tmp_path / "missing.mp4", not_video, folder, "/dev/null", CLIP)
     result = run_cli("edge", "analyze", *files, "--json")
     assert result.returncode == 1
     # One line per unreadable file, in our words (not FFmpeg's or OpenCV's), then the next file.
@@ -73,6 +76,8 @@ def test_analyze_reports_unreadable_files_and_goes_on(tmp_path):
         f"edge analyze: error: {tmp_path / 'missing.mp4'}: no such file",
         f"edge analyze: error: {not_video}: not a readable image or video",
         f"edge analyze: error: {folder}: a directory, not an image or video",
+        "edge analyze: error: /dev/null: not a regular file (a device or a pipe), "
+        "not an image or video",
     ]
     assert len(result.stdout.splitlines()) >= 70
 
