@@ -18,6 +18,7 @@ import logging  # noqa: E402
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from edge.cli import OneLineParser  # noqa: E402
 from edge.config import ConfigError, EdgeConfig, load_config  # noqa: E402
 from edge.emotions import ModelError  # noqa: E402
 
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m edge", description=__doc__)
+    top = OneLineParser(prog="python -m edge", description=__doc__)
     commands = top.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon")

@@ -528,3 +528,12 @@ def test_a_video_file_without_a_decodable_frame_ends_like_any_file(tmp_path):
     assert "the file is not read again" in result.stderr and "every source has ended" in (
         result.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "args", [("run", "--bogus"), (), ("analyze",), ("check-config", "--config")], ids=str
+)
+def test_a_usage_error_is_one_line_and_exit_2(args):
+    result = run_cli("edge", *args)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1 and "error:" in result.stderr, result.stderr
