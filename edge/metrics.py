@@ -6,6 +6,7 @@ collector, so those stages know nothing about Prometheus; latencies are observed
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import (
@@ -23,6 +24,7 @@ from edge.comms import PublisherStats
 from edge.video import ReaderStats
 
 PREFIX = "edge_emotion"
+IDLE_TIMEOUT_S = 10
 # Seconds, with millisecond resolution where per-stage costs live (1 ms .. 2.5 s).
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
@@ -70,8 +72,17 @@ class Metrics:
         self.registry.register(_StatsCollector(readers, publisher))
 
     def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint; returns the bound port (useful with port 0)."""
+        """Start the HTTP endpoint; returns the bound port (useful with port 0). A connection
+        that sends nothing is closed after IDLE_TIMEOUT_S: each open one holds a thread."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        accept = server.get_request
+
+        def get_request() -> tuple[socket.socket, object]:
+            connection, address = accept()
+            connection.settimeout(IDLE_TIMEOUT_S)
+            return connection, address
+
+        server.get_request = get_request
         return server.server_port
 
 

@@ -55,7 +55,7 @@ def describe(camera: CameraAnalysis) -> dict:
         "analysed_fps": round(camera.analysed_fps(), 2),
         "frames_dropped": stats.frames_dropped,
         "last_error": stats.last_error,
-        "faces": shown.faces if shown else [],
+        "faces": shown.faces if shown and stats.up else [],  # a camera down sees no one
         "frame_age_s": round(shown.age(), 2) if shown else None,
     }
 
@@ -86,9 +86,14 @@ class ViewServer:
         return jpeg.tobytes() if ok else None
 
 
+# A connection that sends nothing is closed after this long: each open one holds a thread.
+IDLE_TIMEOUT_S = 10
+
+
 class _Handler(BaseHTTPRequestHandler):
     view: ViewServer
     server_version = "edge-emotion-view"
+    timeout = IDLE_TIMEOUT_S
 
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)

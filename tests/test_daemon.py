@@ -497,6 +497,25 @@ def test_without_a_broker_no_broker_connection_is_reported(daemons):
     assert daemon.stop() == 0, daemon.log()
 
 
+def test_idle_connections_to_the_metrics_and_view_ports_are_closed(daemons):
+    """Each open connection holds a server thread: ones that never send a request (a broken
+    scraper, a port scan) must not pile up over months."""
+    view_port = free_port()
+    daemon = daemons(
+        {
+            "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+            "view": {"enabled": True, "port": view_port},
+        }
+    )
+    daemon.wait_metric('edge_emotion_frames_read_total{camera="clip"}', lambda v: v > 0, 30)
+    idle = [socket.create_connection(("127.0.0.1", p)) for p in (daemon.metrics_port, view_port)]
+    for connection in idle:
+        connection.settimeout(30)
+        assert connection.recv(1) == b""  # closed by the daemon, not by our timeout
+        connection.close()
+    assert daemon.stop() == 0, daemon.log()
+
+
 def test_the_daemon_runtime_never_imports_tensorflow():
     code = (
         "import sys, edge.__main__, edge.daemon, edge.analyze, edge.demo; "
