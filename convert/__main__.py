@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from convert import EMOTIONS, ConvertError
+from edge.cli import OneLineParser
 
 # What ``evaluate --plot`` can write (matplotlib picks the format from the suffix).
 PLOT_FORMATS = (".png", ".pdf", ".svg")
@@ -42,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     from convert.recipe import AUGMENTATIONS, LABELS, QatRecipe, Recipe
 
     defaults = Recipe()
-    top = argparse.ArgumentParser(prog="python -m convert", description=__doc__)
+    top = OneLineParser(prog="python -m convert", description=__doc__)
     commands = top.add_subparsers(required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train the emotion classifier on FER2013")
@@ -184,6 +185,15 @@ def parser() -> argparse.ArgumentParser:
         "(a third neutral); default fer2013",
     )
     adjust.add_argument(
+        "--data",
+        help="FER2013 data for the class priors (Training) and the val accuracy (PublicTest); "
+        "default: the data the model was trained on",
+    )
+    adjust.add_argument(
+        "--val-data", help="the val faces (PublicTest) if not inside --data (default as export)"
+    )
+    adjust.add_argument("--votes", help=votes_help)
+    adjust.add_argument(
         "--strength",
         type=float,
         required=True,
@@ -227,8 +237,7 @@ def run_train(args: argparse.Namespace) -> int:
     from convert.recipe import Recipe
 
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
-    if args.out.suffix != ".keras":
-        raise ConvertError(f"--out {args.out}: the model file must end in .keras")
+    _output_file(args.out, ".keras", "the model file")
     from convert.train import train
 
     log = train(
@@ -249,16 +258,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from convert.export import Inputs, export
-    from convert.recipe import QatRecipe
+    from convert.recipe import EXPORT_RANGES, QatRecipe, check_numbers
 
-    if args.out.suffix != ".tflite":
-        raise ConvertError(f"--out {args.out}: the exported model's name must end in .tflite")
-    if args.out.resolve() == Path(args.model).resolve():
-        raise ConvertError(f"--out {args.out}: is the model being exported")
-    for name in ("qat_epochs", "prior_rounds"):
-        if getattr(args, name) < 0:
-            flag = "--" + name.replace("_", "-")
-            raise ConvertError(f"{flag} {getattr(args, name)}: must be 0 or more")
+    _output_file(args.out, ".tflite", "the exported model's name", args.model)
+    check_numbers(args, EXPORT_RANGES)
     qat = (
         QatRecipe(
             epochs=args.qat_epochs,
@@ -287,8 +290,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_adjust(args: argparse.Namespace) -> int:
     from convert.adjust import adjust
+    from convert.export import Inputs
 
-    result = adjust(args.model, args.out, args.toward, args.strength)
+    _output_file(args.out, ".keras", "the model file", args.model)
+    inputs = Inputs(args.data, args.val_data, args.votes)
+    result = adjust(args.model, args.out, args.toward, args.strength, inputs)
     shift = ", ".join(f"{e} {s:+.3f}" for e, s in zip(EMOTIONS, result.shift, strict=True))
     accuracy = ", ".join(f"{k} {v:.4f}" for k, v in result.val_accuracy.items())
     print(f"logit shift: {shift}\nval accuracy (no flip): {accuracy}\nsaved to {args.out}")
@@ -297,18 +303,16 @@ def run_adjust(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from convert.evaluate import evaluate, format_report, plot_confusion
+    from convert.recipe import check_numbers
 
-    if args.latency_faces < 1:
-        raise ConvertError(f"--latency-faces {args.latency_faces}: must be 1 or more")
+    check_numbers(args, (("latency_faces", 1, None),))
     if args.plot:
         _plot_destination(args.plot)
-    report = evaluate(args.model, args.data, args.usage, args.latency_faces, args.votes)
+    report = evaluate(
+        args.model, args.data, args.usage, args.latency_faces, args.votes, args.labels
+    )
     shown = ["fer2013", "ferplus"] if args.labels == "both" else [args.labels]
-    if "ferplus" not in report["labellings"]:
-        if args.labels == "ferplus":
-            raise ConvertError(
-                f"--labels ferplus: no FER+ votes found for {report['data']}: pass --votes FILE"
-            )
+    if "ferplus" not in report["labellings"]:  # --labels ferplus without votes: refused above
         shown = ["fer2013"]
     if args.json:
         import json
@@ -325,6 +329,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 "the evaluation above is complete"
             ) from None
     return 0
+
+
+def _output_file(out: Path, suffix: str, what: str, model: Path | None = None) -> None:
+    """``--out`` checked before any work: its suffix, not a folder, not the input model (which
+    a failed write would destroy)."""
+    if out.suffix != suffix:
+        raise ConvertError(f"--out {out}: {what} must end in {suffix}")
+    if out.is_dir():
+        raise ConvertError(f"--out {out}: is a folder; give a file name ending in {suffix}")
+    if model is not None and out.resolve() == model.resolve():
+        raise ConvertError(f"--out {out}: is the input model (--model); give another file name")
 
 
 def _plot_destination(path: Path) -> None:

@@ -17,13 +17,16 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from convert import EMOTIONS, ConvertError
-from convert.data import load_split
 from convert.labels import accuracies, expected_counts, labellings, training_targets
 from convert.recipe import Recipe
+
+if TYPE_CHECKING:
+    from convert.export import Inputs
 
 PRIORS = ("fer2013", "ferplus")
 
@@ -36,29 +39,34 @@ class Adjustment:
     val_accuracy: dict[str, float]
 
 
-def adjust(model_path: Path, out: Path, toward: str, strength: float) -> Adjustment:
-    """Write ``out``: the model with its logits shifted, and a training log that says so."""
-    from convert.export import keras_predict, load_keras_model, training_record
+def adjust(
+    model_path: Path, out: Path, toward: str, strength: float, inputs: Inputs | None = None
+) -> Adjustment:
+    """Write ``out``: the model with its logits shifted, and a training log that says so.
+
+    ``inputs``: the data for the priors and the val accuracy, by default (as for ``export``)
+    what the training log names."""
+    from convert.export import Inputs, keras_predict, load_keras_model, training_record
 
     if out.suffix != ".keras":
         raise ConvertError(f"--out {out}: the model file must end in .keras")
+    if out.resolve() == model_path.resolve():
+        raise ConvertError(f"--out {out}: is the input model (--model); give another file name")
     if toward not in PRIORS:
         raise ConvertError(f"--toward {toward}: expected one of {', '.join(PRIORS)}")
     if not 0.0 <= strength <= 1.0:
         raise ConvertError(f"--strength {strength}: must be in 0..1")
     model = load_keras_model(model_path)
     history = training_record(model_path)
-    record = history.get("data", {})
-    if not record.get("path"):
+    if not history.get("recipe"):
         raise ConvertError(f"{model_path}: no training record (made by `convert train`?)")
     recipe = Recipe.from_record(history.get("recipe", {}))
-    train = load_split(record["path"], "Training", record.get("votes"))
+    train, val = (inputs or Inputs()).resolve(model_path, history)
     trained = class_shares(train.labels, train.votes, recipe.labels, recipe.ferplus_weight)
     wanted = class_shares(train.labels, train.votes, toward, 1.0)
     shift = strength * np.log(wanted / trained)
     _shift_logits(model, shift)
 
-    val = load_split(record.get("val_path") or record["path"], "PublicTest", record.get("votes"))
     probs = keras_predict(model, val.images, flip=False)
     found = accuracies(labellings(val.labels, val.votes), probs.argmax(1))
     result = Adjustment(toward, strength, tuple(float(s) for s in shift), found)

@@ -32,6 +32,10 @@ SPLIT_FOLDERS = {
     "PrivateTest": ("test", "privatetest"),
 }
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".tif", ".tiff"}
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
+# A JPEG ends with the end-of-image marker; OpenCV decodes a cut-off file as grey below the
+# cut, printing only "Premature end of JPEG file" without a name. Padding after it is allowed.
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 CSV_COLUMNS = ("emotion", "pixels", "usage")
 
 
@@ -99,7 +103,10 @@ def load_split(
     if is_class_folder(root):
         split = _load_class_folder(root, usage)
     else:
-        split = _load_class_folder(_split_folder(root, usage or "PublicTest"), usage)
+        # Inside a folder of splits, no usage means PublicTest, also in the file-name prefixes
+        # (Kaggle's test/ holds both test halves).
+        usage = usage or "PublicTest"
+        split = _load_class_folder(_split_folder(root, usage), usage)
     if votes is not None:
         return _with_path_votes(split, Path(votes))
     found = _find_votes(split)
@@ -124,15 +131,31 @@ def _split_folder(root: Path, usage: str) -> Path:
     for name in SPLIT_FOLDERS[usage]:
         if name in children:
             return children[name]
+    # Kaggle's layout has train/ and test/ only, test/ holding PublicTest_ and PrivateTest_
+    # files: the prefixes pick PublicTest there.
+    test = next((children[n] for n in SPLIT_FOLDERS["PrivateTest"] if n in children), None)
+    if usage == "PublicTest" and test is not None and _holds_prefix(test, usage):
+        return test
     wanted = " or ".join(f"{n}/" for n in SPLIT_FOLDERS[usage])
     raise ConvertError(
         f"{root}: no emotion folders ({', '.join(EMOTIONS)}) and no {usage} split ({wanted}) found"
     )
 
 
+def _holds_prefix(folder: Path, usage: str) -> bool:
+    """Whether any image in ``folder``'s emotion folders is named ``<usage>_*``."""
+    return any(
+        image.name.startswith(f"{usage}_")
+        for entry in folder.iterdir()
+        if entry.is_dir() and entry.name.lower() in EMOTIONS
+        for image in entry.iterdir()
+    )
+
+
 def _load_class_folder(folder: Path, usage: str | None) -> Split:
     files: list[Path] = []
     labels: list[int] = []
+    skipped: list[str] = []  # the Kaggle prefixes of images of another split
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
@@ -144,9 +167,19 @@ def _load_class_folder(folder: Path, usage: str | None) -> Split:
                 f"{entry}: folder name is not an emotion; expected one of {', '.join(EMOTIONS)}"
             )
         for image in sorted(entry.iterdir()):
-            if image.suffix.lower() in IMAGE_SUFFIXES and _matches_usage(image.name, usage):
-                files.append(image)
-                labels.append(EMOTIONS.index(label))
+            if image.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if not _matches_usage(image.name, usage):
+                skipped.append(image.name.split("_", 1)[0] + "_")
+                continue
+            files.append(image)
+            labels.append(EMOTIONS.index(label))
+    if not files and skipped:
+        raise ConvertError(
+            f"{folder}: no {usage} images in its emotion folders: all {len(skipped)} were "
+            f"skipped, their names say another split ({', '.join(sorted(set(skipped)))}); "
+            "pick the split with --usage"
+        )
     if not files:
         raise ConvertError(f"{folder}: no images found in its emotion folders")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -166,12 +199,26 @@ def _matches_usage(filename: str, usage: str | None) -> bool:
 
 def read_face(path: Path) -> np.ndarray:
     """Decode one image to a 48x48 gray face; names the file when it cannot be read."""
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise ConvertError(f"{path}: cannot read the image: {error.strerror or error}") from None
+    if _truncated_jpeg(path, content):
+        raise ConvertError(f"{path}: not a readable image (a truncated JPEG: no end marker)")
+    image = (
+        cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_GRAYSCALE) if content else None
+    )
     if image is None:
         raise ConvertError(f"{path}: not a readable image (corrupt or unsupported format)")
     if image.shape != (FACE_SIZE, FACE_SIZE):
         image = cv2.resize(image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
     return image
+
+
+def _truncated_jpeg(path: Path, content: bytes) -> bool:
+    """A JPEG (by name and start-of-image marker) without its end-of-image marker."""
+    is_jpeg = path.suffix.lower() in JPEG_SUFFIXES and content.startswith(JPEG_START)
+    return is_jpeg and not content.rstrip(b"\0\r\n ").endswith(JPEG_END)
 
 
 def _load_csv(path: Path, usage: str) -> Split:
@@ -190,7 +237,9 @@ def _load_csv(path: Path, usage: str) -> Split:
 def _read_csv_rows(path: Path, usage: str) -> tuple[list[int], list[np.ndarray]]:
     images: list[np.ndarray] = []
     labels: list[int] = []
-    with path.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which is not part of the
+    # first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = [column.strip().lower() for column in next(reader, [])]
         missing = [c for c in CSV_COLUMNS if c not in header]
@@ -226,14 +275,19 @@ def _csv_label(path: Path, line: int, value: str) -> int:
 
 
 def _csv_pixels(path: Path, line: int, value: str) -> np.ndarray:
-    try:
-        pixels = np.array(value.split(), dtype=np.int64)
-    except ValueError:
-        raise ConvertError(f"{path}:{line}: pixels must be space-separated integers") from None
-    if pixels.size != FACE_SIZE * FACE_SIZE or pixels.min() < 0 or pixels.max() > 255:
+    """48x48 space-separated integers 0..255; the first bad one is quoted with its position."""
+    tokens = value.split()
+    if len(tokens) != FACE_SIZE * FACE_SIZE:
         raise ConvertError(
-            f"{path}:{line}: pixels must be {FACE_SIZE * FACE_SIZE} values in 0..255, "
-            f"got {pixels.size}"
+            f"{path}:{line}: pixels must be {FACE_SIZE * FACE_SIZE} values separated by "
+            f"spaces, got {len(tokens)}"
+        )
+    pixels = np.array([int(t) if t.isdecimal() and len(t) <= 3 else -1 for t in tokens])
+    bad = np.flatnonzero((pixels < 0) | (pixels > 255))
+    if bad.size:
+        raise ConvertError(
+            f"{path}:{line}: pixel {bad[0] + 1} is {tokens[bad[0]]!r}, expected an integer "
+            f"0..255 ({bad.size} bad value(s) in the row)"
         )
     return pixels.astype(np.uint8).reshape(FACE_SIZE, FACE_SIZE)
 
@@ -246,7 +300,7 @@ def _find_votes(split: Split) -> Path | None:
 
 def _read_vote_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     try:
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError) as error:
         raise ConvertError(f"{path}: cannot read the FER+ votes file: {error}") from None
@@ -278,6 +332,16 @@ def _counts(path: Path, line: int, row: list[str], columns: list[int]) -> np.nda
     return counts
 
 
+def _check_row_length(
+    path: Path, line: int, row: list[str], header: list[str], needed: list[int]
+) -> None:
+    """A row too short for a column it must have (a cut-off line) is named, not indexed."""
+    if len(row) <= max(needed):
+        raise ConvertError(
+            f"{path}:{line}: {len(row)} column(s), expected {len(header)} ({','.join(header)})"
+        )
+
+
 def _with_path_votes(split: Split, path: Path, required: bool = True) -> Split:
     """Votes matched by path relative to the dataset folder, else by ``<emotion>/<file>``
     (unique within FER2013, whose file names carry the split), so a copied or renamed split
@@ -294,6 +358,7 @@ def _with_path_votes(split: Split, path: Path, required: bool = True) -> Split:
     for line, row in enumerate(rows, start=2):
         if not row:
             continue
+        _check_row_length(path, line, row, header, [*columns, key_column])
         key = row[key_column].strip().replace("\\", "/")
         counts = _counts(path, line, row, columns)
         by_path[key] = counts
@@ -324,6 +389,9 @@ def _with_row_votes(split: Split, path: Path, usage: str) -> Split:
             "(a Usage column and one row per fer2013.csv row)"
         )
     columns, usage_column = _vote_columns(path, header), lower.index("usage")
+    for line, row in enumerate(rows, start=2):
+        if row:
+            _check_row_length(path, line, row, header, [*columns, usage_column])
     votes = [
         _counts(path, line, row, columns)
         for line, row in enumerate(rows, start=2)

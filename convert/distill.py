@@ -39,9 +39,7 @@ def _predict(path: Path, images: np.ndarray) -> np.ndarray:
     else:
         from convert.export import keras_predict, load_keras_model
 
-        model = load_keras_model(path)
-        if model.output_shape[-1] != len(EMOTIONS):
-            raise ConvertError(f"--teacher {path}: gives {model.output_shape[-1]} scores, not 7")
+        model = load_keras_model(path, "--teacher")
         probs = keras_predict(model, images, flip=True)
     if not np.isfinite(probs).all():
         raise ConvertError(f"--teacher {path}: predicts NaN or infinite values")

@@ -13,6 +13,7 @@ import io
 import json
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,12 +45,28 @@ class Inputs:
         """(train, val). An explicit ``--data`` decides both splits, ``--val-data`` the check's;
         otherwise the data, validation data and votes the model was trained with."""
         record = history.get("data", {})
-        data = self.data or record.get("path")
+        data = self.data or _recorded(model_path, record, "path", "--data")
         if not data:
             raise ConvertError(f"{model_path}: no training record names its data; pass --data")
-        val_data = self.val_data or (None if self.data else record.get("val_path")) or data
+        val_data = (
+            self.val_data
+            or (None if self.data else _recorded(model_path, record, "val_path", "--val-data"))
+            or data
+        )
         votes = self.votes or (None if self.data else _still_there(record.get("votes")))
         return load_split(data, "Training", votes), load_split(val_data, "PublicTest", votes)
+
+
+def _recorded(model_path: Path, record: dict, key: str, flag: str) -> str | None:
+    """A data path from the training log, refused with where it came from when it is not there
+    (logs of older versions hold paths relative to wherever training ran)."""
+    path = record.get(key)
+    if path and not Path(path).exists():
+        raise ConvertError(
+            f"{path}: data named by the training log {model_path.with_suffix('.history.json')} "
+            f"is not found from here ({Path.cwd()}): pass {flag} with its path"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -256,15 +273,43 @@ def score_file(
     return {**found, "score": selection_score(found, ferplus_weight)}
 
 
-def load_keras_model(path: Path) -> keras.Model:
+def load_keras_model(path: Path, flag: str = "") -> keras.Model:
+    """The model, checked to be what the toolchain feeds and reads: one (N, 48, 48, 1) input
+    of raw gray faces and one output of seven scores. Any other model loaded fine and then
+    failed in a reshape deep in Keras, or (ten outputs) gave plausible but false numbers.
+    ``flag`` names the option the path came from (``--teacher``) in every message."""
     import keras
 
+    name = f"{flag} {path}" if flag else str(path)
     if not path.is_file():
-        raise ConvertError(f"{path}: model file not found")
+        raise ConvertError(f"{name}: model file not found")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        # Keras says "File not found" for a file that is there but not a zip archive.
+        raise ConvertError(f"{name}: not a Keras model file (a .keras file is a zip archive)")
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...
-        raise ConvertError(f"{path}: cannot load as a Keras model: {error}") from None
+        raise ConvertError(f"{name}: cannot load as a Keras model: {error}") from None
+    check_model_shapes(name, model.inputs, model.outputs)
+    return model
+
+
+def check_model_shapes(name: str, inputs: list, outputs: list) -> None:
+    """One input of 48x48 gray faces (dimensions left open are fine), one output of 7 scores."""
+    wanted = (FACE_SIZE, FACE_SIZE, 1)
+    if len(outputs) != 1 or tuple(outputs[0].shape)[-1] != len(EMOTIONS):
+        scores = [tuple(o.shape)[-1] for o in outputs]
+        raise ConvertError(
+            f"{name}: gives {', '.join(map(str, scores))} scores, not {len(EMOTIONS)} "
+            f"({', '.join(EMOTIONS)})"
+        )
+    shape = tuple(inputs[0].shape)[1:] if len(inputs) == 1 else ()
+    if len(shape) != 3 or any(d not in (None, w) for d, w in zip(shape, wanted, strict=True)):
+        found = ", ".join(str(tuple(i.shape)[1:]) for i in inputs)
+        raise ConvertError(
+            f"{name}: takes input {found}, not the {FACE_SIZE}x{FACE_SIZE} gray faces "
+            f"{wanted} the toolchain feeds (the models `convert train` makes)"
+        )
 
 
 def training_record(model_path: Path) -> dict:

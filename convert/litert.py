@@ -12,11 +12,14 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from convert import ConvertError
+from convert import FACE_SIZE, ConvertError
+
+if TYPE_CHECKING:
+    from edge.emotions import EmotionClassifier
 
 BATCH = 256
 T = TypeVar("T")
@@ -37,8 +40,15 @@ def predict_tflite(path: Path, images: np.ndarray) -> np.ndarray:
     test-time flip included)."""
     from edge.emotions import EmotionClassifier
 
-    classifier = EmotionClassifier(path, num_threads=2)
-    chunks = [
-        classifier.predict_prepared(images[i : i + BATCH]) for i in range(0, len(images), BATCH)
-    ]
-    return np.concatenate(chunks)
+    predict = face_predictor(EmotionClassifier(path, num_threads=2))
+    return np.concatenate([predict(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
+
+
+def face_predictor(classifier: EmotionClassifier) -> Callable[[np.ndarray], np.ndarray]:
+    """Probabilities for (N, 48, 48) uint8 gray faces from a classifier of any input layout
+    the daemon supports: a model that takes other sizes or colour (its metadata says so) gets
+    each face resized and converted by the daemon's own preparation, as in the field."""
+    meta = classifier.metadata
+    if (meta.input_height, meta.input_width, meta.input_channels) == (FACE_SIZE, FACE_SIZE, 1):
+        return classifier.predict_prepared
+    return lambda faces: classifier.predict(list(faces))

@@ -38,7 +38,38 @@ NUMBER_RANGES = (
     ("patience", 1, 1000),
     ("class_weight_power", 0.0, 2.0),
     ("seed", 0, 2**32 - 1),
+    # MobileNetV2's width multiplier: below 0.1 the narrowest layers have no channels left.
+    ("alpha", 0.1, 2.0),
 )
+
+# ``convert export``'s numbers (None: no upper bound). A NaN learning rate crashed the
+# fine-tune natively, a NaN or negative --max-drop turned the accuracy check off or made it
+# refuse every file, and a negative calibration size calibrated on nothing.
+EXPORT_RANGES = (
+    ("max_drop", 0.0, 100.0),
+    ("calibration_size", 1, None),
+    ("qat_epochs", 0, None),
+    ("qat_learning_rate", 1e-9, 1.0),
+    ("prior_rounds", 0, None),
+)
+
+# The widths Keras has ImageNet weights of MobileNetV2 for: any other downloads nothing and
+# fails with a misleading "could not download" error.
+IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+
+
+def check_numbers(values: object, ranges: tuple[tuple[str, float, float | None], ...]) -> None:
+    """Refuse a number outside its range, naming the flag and the value; NaN is outside every
+    range (each comparison with it is false) and infinity outside every bounded one."""
+    from convert import ConvertError
+
+    for name, low, high in ranges:
+        value = getattr(values, name)
+        flag = f"--{name.replace('_', '-')}"
+        if high is None and not low <= value < float("inf"):
+            raise ConvertError(f"{flag} {value}: must be {low} or more")
+        if high is not None and not low <= value <= high:
+            raise ConvertError(f"{flag} {value}: must be in {low}..{high}")
 
 
 @dataclass(frozen=True)
@@ -103,10 +134,16 @@ class Recipe:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConvertError(f"--{name.replace('_', '-')} {value}: must be in 0..1")
-        for name, low, high in NUMBER_RANGES:
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ConvertError(f"--{name.replace('_', '-')} {value}: must be in {low}..{high}")
+        check_numbers(self, NUMBER_RANGES)
+        if (
+            self.backbone == "mobilenetv2"
+            and self.weights == "imagenet"
+            and self.alpha not in IMAGENET_ALPHAS
+        ):
+            raise ConvertError(
+                f"--alpha {self.alpha}: ImageNet weights of MobileNetV2 exist only for alpha "
+                f"{', '.join(map(str, IMAGENET_ALPHAS))}; pick one, or pass --weights none"
+            )
         if self.head_epochs + self.epochs < 1:
             raise ConvertError("--head-epochs and --epochs are both 0: nothing would be trained")
 

@@ -29,7 +29,8 @@ from convert.recipe import Recipe
 
 @dataclass
 class RunLog:
-    """What the run did, written next to the model after every epoch (so a crash keeps it)."""
+    """What the run did, written beside the run's checkpoint after every epoch (so a crash
+    keeps it), and beside the model when the run ends."""
 
     recipe: dict
     data: dict
@@ -51,7 +52,12 @@ def train(
     votes: str | None = None,
     teachers: tuple[Path, ...] = (),
 ) -> RunLog:
-    """The whole run; resumes from ``<out>.backup/`` if an earlier run was interrupted.
+    """The whole run; resumes from ``<out stem>.partial.backup/`` if an earlier run was
+    interrupted.
+
+    Checkpoints and the log go to ``<out stem>.partial.keras`` (``staging_path``) and replace
+    ``out`` only when training ends normally: an interrupted or failed run never costs the
+    model already at ``out``, whose first epoch used to overwrite it.
 
     ``init`` starts from the weights of an earlier run's model (same backbone and size), so a
     CPU budget can be spent in steps instead of one run of many hours. ``teachers``: models
@@ -72,20 +78,65 @@ def train(
     model, backbone = build_model(recipe.backbone, recipe.weights, recipe.image_size, recipe.alpha)
     if init is not None:
         load_weights(model, init)
-    log = start_log(out, recipe, data, val_data, train_split, val_split, init, targets, teachers)
+    staging = staging_path(out)
+    log = start_log(
+        staging, recipe, data, val_data, train_split, val_split, init, targets, teachers
+    )
     checkpoint = keras.callbacks.ModelCheckpoint(
-        out, monitor="val_score", mode="max", save_best_only=True
+        staging, monitor="val_score", mode="max", save_best_only=True
     )
     checkpoint.best = log.best_val_score or checkpoint.best
 
-    fit = Fit(model, train_ds, Validation(val_split, recipe), recipe, out, log)
+    fit = Fit(model, train_ds, Validation(val_split, recipe), recipe, staging, log)
+    try:
+        fit_phases(fit, backbone, checkpoint, len(train_ds))
+    except KeyboardInterrupt:
+        print(
+            f"training interrupted: nothing was written to {out}; the best checkpoint so far is "
+            f"{staging} (log {staging.with_suffix('.history.json')}); run the same command "
+            "again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise
+    log.finished = True
+    write_log(staging, log)
+    move_into_place(staging, out)
+    shutil.rmtree(staging.with_suffix(".backup"), ignore_errors=True)
+    plot_curves(log, out.with_suffix(".curves.png"))
+    return log
+
+
+def staging_path(out: Path) -> Path:
+    """Where a run keeps its checkpoint until it ends: beside ``out``, with a visible name (the
+    user is told to look there after an interrupt), still ending in .keras as Keras wants."""
+    return out.with_name(f"{out.stem}.partial.keras")
+
+
+def move_into_place(staging: Path, out: Path) -> None:
+    """The finished run's model and log replace ``out``'s (the model first: a log never
+    describes a model that is not there)."""
+    if not staging.is_file():
+        raise ConvertError(
+            f"{staging}: the run's checkpoint is missing (deleted while resuming?); {out} is "
+            "unchanged"
+        )
+    staging.replace(out)
+    staging.with_suffix(".history.json").replace(out.with_suffix(".history.json"))
+
+
+def fit_phases(
+    fit: Fit, backbone: keras.Model, checkpoint: keras.callbacks.Callback, steps_per_epoch: int
+) -> None:
+    """The head alone on a frozen backbone, then the whole network."""
+    recipe = fit.recipe
     backbone.trainable = False
     # A random backbone has no features worth protecting: from scratch, everything trains at once.
     head_epochs = 0 if recipe.weights == "none" else recipe.head_epochs
     fit.phase("head", 0, head_epochs, recipe.head_learning_rate, [checkpoint])
     backbone.trainable = True
     if recipe.schedule == "cosine":
-        steps = recipe.epochs * len(train_ds)
+        steps = recipe.epochs * steps_per_epoch
         rate, schedule = keras.optimizers.schedules.CosineDecay(recipe.learning_rate, steps), []
     else:
         rate, schedule = recipe.learning_rate, validation_schedule(recipe)
@@ -96,21 +147,13 @@ def train(
         rate,
         [checkpoint, *schedule],
     )
-    log.finished = True
-    write_log(out, log)
-    shutil.rmtree(out.with_suffix(".backup"), ignore_errors=True)
-    plot_curves(log, out.with_suffix(".curves.png"))
-    return log
 
 
 def load_weights(model: keras.Model, path: Path) -> None:
     """Copy an earlier run's weights in; a different architecture is refused, not half-loaded."""
-    if not path.is_file():
-        raise ConvertError(f"--init {path}: no such file")
-    try:
-        earlier = keras.models.load_model(path, compile=False)
-    except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...
-        raise ConvertError(f"--init {path}: cannot load as a Keras model: {error}") from None
+    from convert.export import load_keras_model
+
+    earlier = load_keras_model(path, "--init")
     try:
         model.set_weights(earlier.get_weights())
     except ValueError as error:
@@ -301,10 +344,11 @@ def start_log(
         if saved.get("recipe") == asdict(recipe):
             print(f"resuming the interrupted run logged in {path}", flush=True)
             return RunLog(**saved)
+    # Absolute paths: `export` and `adjust` read them from wherever they are run.
     record = {
-        "path": data,
-        "val_path": val_data,
-        "votes": train_split.votes_source or None,
+        "path": _absolute(data),
+        "val_path": _absolute(val_data),
+        "votes": _absolute(train_split.votes_source or None),
         "train": train_split.source,
         "val": val_split.source,
         "train_count": len(targets),
@@ -314,10 +358,14 @@ def start_log(
         "labels": list(EMOTIONS),
         # The earlier model this run continued from (--init) and the teachers it learned from:
         # part of how the result was made.
-        "init": str(init) if init else None,
-        "teachers": [str(t) for t in teachers],
+        "init": _absolute(init),
+        "teachers": [_absolute(t) for t in teachers],
     }
     return RunLog(recipe=asdict(recipe), data=record)
+
+
+def _absolute(path: str | os.PathLike | None) -> str | None:
+    return os.path.abspath(path) if path else None
 
 
 def write_log(out: Path, log: RunLog) -> None:

