@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -64,7 +65,7 @@ class ViewServer:
     def __init__(self, host: str, port: int, cameras: Sequence[CameraAnalysis]) -> None:
         self.cameras = {camera.name: camera for camera in cameras}
         handler = type("Handler", (_Handler,), {"view": self})
-        self._server = ThreadingHTTPServer((host, port), handler)  # raises OSError (port used)
+        self._server = _Server((host, port), handler)  # raises OSError (port used)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="view", daemon=True)
@@ -84,6 +85,16 @@ class ViewServer:
         quality = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
         ok, jpeg = cv2.imencode(".jpg", draw(camera.shown), quality)
         return jpeg.tobytes() if ok else None
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: tuple) -> None:
+        """A browser that replaces a snapshot it no longer wants resets the connection: not
+        an error of ours, and socketserver would print a 20-line traceback for it."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            return
+        log.warning("view: a request from %s failed: %r", client_address[0], error)
 
 
 # A connection that sends nothing is closed after this long: each open one holds a thread.

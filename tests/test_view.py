@@ -80,6 +80,23 @@ def test_the_api_and_the_snapshot_show_what_the_camera_sees(viewed):
     assert daemon.stop() == 0
 
 
+def test_snapshots_abandoned_by_the_browser_leave_no_traceback(viewed):
+    """The page replaces each snapshot every second: a browser resets requests it no longer
+    wants, which is no error of the daemon's (it printed a 20-line traceback for each)."""
+    import struct
+
+    daemon, base = viewed
+    port = int(base.rsplit(":", 1)[1])
+    for _ in range(10):
+        connection = socket.create_connection(("127.0.0.1", port))
+        connection.sendall(b"GET /snapshot/door.jpg HTTP/1.1\r\nHost: x\r\n\r\n")
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()  # RST, as an aborted fetch
+    assert get(f"{base}/api/cameras")[0] == 200  # still serving
+    assert daemon.stop() == 0
+    assert "Traceback" not in daemon.log(), daemon.log()
+
+
 def test_the_page_renders_tiles_boxes_and_labels_in_a_real_browser(viewed, tmp_path):
     daemon, base = viewed
     dom = chromium("--dump-dom", f"{base}/").stdout
