@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -23,12 +24,16 @@ class Event:
     device_id: str
     camera: str
     track: TrackEvent
+    # Unique per event: QoS 1 and the spool deliver at least once, so a consumer that must
+    # count each event once deduplicates on it.
+    event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def payload(self, sent: float | None = None) -> bytes:
         sent = time.time() if sent is None else sent
         track = self.track
         body = {
             "schema_version": SCHEMA_VERSION,
+            "event_id": self.event_id,
             "device_id": self.device_id,
             "camera": self.camera,
             "track_id": track.track_id,

@@ -29,6 +29,7 @@ CLIP = SHARED / "media" / "asl-again.mkv"
 EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
 EVENT_KEYS = {
     "schema_version",
+    "event_id",
     "device_id",
     "camera",
     "track_id",
@@ -223,6 +224,47 @@ def test_a_reload_during_a_broker_outage_loses_no_event(broker, rtsp, daemons):
     sub.close()
     assert len({m.payload for m in received}) == delivered
     assert any(e["event"] == "end" for e in events(received))  # the reload's ends, spooled
+
+
+def test_the_spool_is_kept_until_its_events_are_delivered_and_bad_lines_are_skipped(
+    tmp_path, daemons
+):
+    """A crash while the broker is still away must not lose the last run's events; a damaged
+    line is skipped (not a crash), and another device's lines are left where they are."""
+    spool = tmp_path / "state" / "edge-emotion" / "porch.undelivered.jsonl"  # XDG_STATE_HOME
+    spool.parent.mkdir(parents=True)
+    ours = json.dumps({"topic": "edge-emotion/porch/door/event", "payload": '{"kept":1}'})
+    theirs = json.dumps({"topic": "edge-emotion/other/door/event", "payload": '{"kept":2}'})
+    wildcard = json.dumps({"topic": "edge-emotion/porch/+/event", "payload": "{}"})
+    spool.write_text("\n".join([ours, wildcard, "garbage", theirs]) + "\n")
+    port = free_port()
+    config = {
+        "device_id": "porch",
+        "cameras": [{"name": "door", "source": str(CLIP), "loop": True}],
+        "mqtt": {"host": "127.0.0.1", "port": port, "reconnect_max_s": 1},
+        "tracking": {"heartbeat_s": 0},
+    }
+    crashed = daemons(config)
+    crashed.wait_log(lambda log: "sending 1 undelivered events of the last run" in log, 30)
+    assert "2 unreadable lines skipped; 1 lines of other devices left in it" in crashed.log()
+    crashed.kill()  # while the broker is still away
+    assert ours in spool.read_text()
+
+    broker = Broker(tmp_path, port=port).start()
+    sub = Subscriber(port, "edge-emotion/#")
+    try:
+        sub.wait_subscribed()
+        daemon = daemons(config)
+        sub.wait_for(lambda ms: any(m.payload == b'{"kept":1}' for m in ms), timeout=30)
+        deadline = time.monotonic() + 10
+        while ours in spool.read_text():  # a file: polled
+            assert time.monotonic() < deadline, spool.read_text()
+            time.sleep(0.1)
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        sub.close()
+        broker.stop()
+    assert spool.read_text() == theirs + "\n"
 
 
 def test_an_outage_that_fills_the_queue_still_ends_with_the_daemon_online(broker, rtsp, daemons):

@@ -452,6 +452,7 @@ def test_a_configuration_file_that_is_not_yaml_text_is_one_clear_line(tmp_path, 
         ({"mqtt": {"host": "h", "tls": {"key_file": str(CLIP)}}}, {}, "give cert_file too"),
         ({"device_id": "x" * 65}, {}, "device_id"),
         ({"workers": -1, "tracking": {"smoothing": 5}}, {}, "(got 5); workers: Input"),
+        ({"mqtt": {"host": "h", "spool_file": f"{CLIP}/x.jsonl"}}, {}, "mqtt.spool_file"),
     ],
     ids=[
         "env-json",
@@ -467,6 +468,7 @@ def test_a_configuration_file_that_is_not_yaml_text_is_one_clear_line(tmp_path, 
         "key-without-certificate",
         "device-id-too-long",
         "two-problems-on-one-line",
+        "spool-under-a-file",
     ],
 )
 def test_start_up_failures_are_one_line_and_exit_2(tmp_path, change, env, expected):

@@ -12,7 +12,6 @@ Home Assistant says it is back ``online``.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -27,6 +26,7 @@ import paho.mqtt.client as mqtt
 
 from edge.comms import PublisherStats
 from edge.comms.homeassistant import discovery_messages, state_topic
+from edge.comms.spool import Spool
 from edge.config import ConfigError, MqttConfig, TlsConfig
 from edge.events import CameraState, Event
 
@@ -64,7 +64,11 @@ class MqttPublisher:
         self._twin_warned = False
         # Events handed to paho and not yet acknowledged, in order: message id -> topic, payload
         self._pending: dict[int, tuple[str, bytes]] = {}
-        self.spool = spool_path(config, device_id)
+        path = spool_path(config, device_id)
+        self.spool = Spool(path, self.base) if path else None
+        if self.spool is not None:
+            self.spool.check()
+        self._spooled: set[int] = set()  # message ids of the spool's events not yet delivered
         self._acked_early: dict[int, float] = {}
         self._lock = threading.Lock()
         self._closing = False  # our own disconnect at shutdown is not an outage to warn about
@@ -104,17 +108,23 @@ class MqttPublisher:
         return client
 
     def start(self) -> None:
-        for topic, payload in self._unspool():  # the last run's, first: they are older
-            self._send_event(topic, payload)
+        if self.spool is not None:
+            for topic, payload in self.spool.load():  # the last run's, first: they are older
+                mid = self._send_event(topic, payload)
+                if mid is not None:
+                    self._spooled.add(mid)
+            if not self._spooled:
+                self.spool.save([])
         self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
         self.client.loop_start()
 
     def publish(self, event: Event) -> None:
         self._send_event(f"{self.base}/{event.camera}/event", event.payload())
 
-    def _send_event(self, topic: str, payload: bytes) -> None:
+    def _send_event(self, topic: str, payload: bytes) -> int | None:
+        """Queue one event; returns its message id while it waits for the broker."""
         if self.config.qos > 0 and not self._room_for_event():
-            return
+            return None
         # Never call paho while holding our lock: paho holds its own locks while it runs
         # on_publish, which takes ours; the opposite order would deadlock.
         info = self.client.publish(topic, payload, qos=self.config.qos)
@@ -124,75 +134,37 @@ class MqttPublisher:
                     self.stats.published += 1
                 else:
                     self.stats.dropped += 1
-                return
+                return None
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # the reserve itself is full: not expected
                 self._drop_event()
-                return
+                return None
             if self._acked_early.pop(info.mid, None) is not None:
                 self.stats.published += 1  # the broker answered before we got here
-            else:
-                self._pending[info.mid] = (topic, payload)
+                return None
+            self._pending[info.mid] = (topic, payload)
             self.stats.queued = len(self._pending)
+            return info.mid
 
-    def _keep_undelivered(self, events: list[tuple[str, bytes]]) -> None:
-        """Into the spool, for the next start: a restart or reload during an outage must not
-        lose what was accepted. Written whole and renamed into place, private to the user."""
+    def _keep(self, events: list[tuple[str, bytes]]) -> None:
+        """At shutdown: what the broker has not taken goes to the spool for the next start."""
         if self.spool is None:
-            log.warning("shutting down with %d undelivered events (mqtt.spool is off)", len(events))
+            if events:
+                log.warning("shutting down with %d undelivered events (no spool)", len(events))
             return
-        lines = [json.dumps({"topic": t, "payload": p.decode()}) + "\n" for t, p in events]
-        temporary = self.spool.with_name(self.spool.name + ".partial")
-        try:
-            self.spool.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.writelines(lines)
-            os.replace(temporary, self.spool)
-        except OSError as error:
+        problem = self.spool.save(events)
+        if problem:
             log.error(
                 "shutting down with %d undelivered events, lost: cannot write the spool %s: %s",
                 len(events),
-                self.spool,
-                error.strerror or error,
+                self.spool.path,
+                problem,
             )
-            return
-        log.warning(
-            "shutting down with %d undelivered events: kept in %s, sent at the next start",
-            len(events),
-            self.spool,
-        )
-
-    def _unspool(self) -> list[tuple[str, bytes]]:
-        """The last run's undelivered events; the file is removed once read (they are queued
-        now, and spooled again if this run cannot deliver them either)."""
-        if self.spool is None or not self.spool.is_file():
-            return []
-        events, bad = [], 0
-        try:
-            text = self.spool.read_text(errors="replace")
-            self.spool.unlink()
-        except OSError as error:
-            log.error("cannot read the spool %s: %s", self.spool, error.strerror or error)
-            return []
-        prefix = f"{self.base}/"
-        for line in text.splitlines():
-            try:
-                item = json.loads(line)
-                topic, payload = item["topic"], item["payload"].encode()
-            except (ValueError, TypeError, KeyError, AttributeError):
-                bad += 1
-                continue
-            if isinstance(topic, str) and topic.startswith(prefix):  # this device's events only
-                events.append((topic, payload))
-            else:
-                bad += 1
-        log.info(
-            "sending %d undelivered events of the last run (from %s)%s",
-            len(events),
-            self.spool,
-            f"; {bad} unreadable lines skipped" if bad else "",
-        )
-        return events
+        elif events:
+            log.warning(
+                "shutting down with %d undelivered events: kept in %s, sent at the next start",
+                len(events),
+                self.spool.path,
+            )
 
     def _room_for_event(self) -> bool:
         """Events may fill ``queue_size`` and no more (the rest of paho's queue is the control
@@ -237,8 +209,9 @@ class MqttPublisher:
         with self._drained:
             while self._pending and self.stats.connected and time.monotonic() < deadline:
                 self._drained.wait(deadline - time.monotonic())
-            if self._pending:
-                self._keep_undelivered(list(self._pending.values()))
+            undelivered = list(self._pending.values())
+            self._spooled.clear()  # from now on the spool is what _keep writes
+        self._keep(undelivered)
         if self.stats.connected:
             info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
@@ -420,6 +393,10 @@ class MqttPublisher:
         with self._drained:
             if mid in self._pending:
                 del self._pending[mid]
+                if mid in self._spooled:
+                    self._spooled.discard(mid)
+                    if not self._spooled and self.spool is not None:
+                        self.spool.save([])  # every event of the last run is delivered
                 self.stats.published += 1
                 self.stats.queued = len(self._pending)
                 self._drained.notify_all()

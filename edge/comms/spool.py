@@ -1,0 +1,95 @@
+"""Undelivered events between runs: a stop or reload during a broker outage keeps them here and
+the next start sends them first.
+
+The file stays until the broker has taken every event it held (a crash meanwhile sends them
+again: at least once, deduplicated by ``event_id``), is replaced whole (written aside, renamed),
+and is readable by the daemon's user only. Lines of another device id sharing the file are
+kept untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+from edge.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class Spool:
+    def __init__(self, path: Path, base: str) -> None:
+        self.path = path
+        # <prefix>/<device_id>/<camera>/event, camera a name (no wildcards, no levels).
+        self._ours = re.compile(re.escape(base) + r"/[A-Za-z0-9_-]+/event")
+        self._any_event = re.compile(r"[^#+\s]+/[A-Za-z0-9_-]+/event")
+        self._others: list[str] = []
+
+    def check(self) -> None:
+        """At start-up, not at the stop that needs it: the nearest existing folder on the way
+        must be a writable folder."""
+        folder = self.path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if self.path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise ConfigError(
+                f"mqtt.spool_file {self.path}: cannot be written ({folder} is not a writable "
+                "folder); give another mqtt.spool_file or set mqtt.spool: false"
+            )
+
+    def load(self) -> list[tuple[str, bytes]]:
+        """This device's events from the last run, in order; the file stays until they are
+        delivered (``save``)."""
+        try:
+            text = self.path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        except OSError as error:
+            log.error("cannot read the spool %s: %s", self.path, error.strerror or error)
+            return []
+        events, bad = [], 0
+        for line in text.splitlines():
+            try:
+                item = json.loads(line)
+                topic, payload = item["topic"], item["payload"]
+            except (ValueError, TypeError, KeyError):
+                bad += 1
+                continue
+            if not isinstance(topic, str) or not isinstance(payload, str):
+                bad += 1
+            elif self._ours.fullmatch(topic):
+                events.append((topic, payload.encode()))
+            elif self._any_event.fullmatch(topic):
+                self._others.append(line)  # another device's (or topic prefix's): left alone
+            else:
+                bad += 1  # not an event topic at all (a wildcard would stop the publisher)
+        log.info(
+            "sending %d undelivered events of the last run (from %s)%s%s",
+            len(events),
+            self.path,
+            f"; {bad} unreadable lines skipped" if bad else "",
+            f"; {len(self._others)} lines of other devices left in it" if self._others else "",
+        )
+        return events
+
+    def save(self, events: list[tuple[str, bytes]]) -> str | None:
+        """The spool becomes ``events`` (plus other devices' lines); no file when both are
+        empty. Returns why it could not be written, or None."""
+        lines = [json.dumps({"topic": t, "payload": p.decode()}) for t, p in events]
+        lines += self._others
+        try:
+            if not lines:
+                self.path.unlink(missing_ok=True)
+                return None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_name(self.path.name + ".partial")
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("\n".join(lines) + "\n")
+            os.replace(partial, self.path)
+        except OSError as error:
+            return str(error.strerror or error)
+        return None
