@@ -74,6 +74,8 @@ class Daemon:
             )
             for i, (camera, reader) in enumerate(zip(config.cameras, self.readers, strict=True))
         ]
+        for reader, camera_analysis in zip(self.readers, self.cameras, strict=True):
+            reader.due = camera_analysis.due  # dropped (behind) vs skipped (fps cap)
         self.pool = AnalysisPool(self.cameras, self.classifiers)
         meta = self.classifiers[0].metadata
         self.metrics.model_info.info(

@@ -96,7 +96,12 @@ class _StatsCollector(Collector):
         read = CounterMetricFamily(f"{PREFIX}_frames_read", "Frames decoded", labels=["camera"])
         dropped = CounterMetricFamily(
             f"{PREFIX}_frames_dropped",
-            "Frames replaced by a newer one unanalysed",
+            "Frames replaced by a newer one unanalysed while analysis was due: the CPU is behind",
+            labels=["camera"],
+        )
+        skipped = CounterMetricFamily(
+            f"{PREFIX}_frames_skipped",
+            "Frames not analysed by design: the camera's fps cap",
             labels=["camera"],
         )
         reconnects = CounterMetricFamily(
@@ -106,9 +111,10 @@ class _StatsCollector(Collector):
         for name, stats in self.readers():
             read.add_metric([name], stats.frames_read)
             dropped.add_metric([name], stats.frames_dropped)
+            skipped.add_metric([name], stats.frames_skipped)
             reconnects.add_metric([name], stats.reconnects)
             up.add_metric([name], 1.0 if stats.up else 0.0)
-        yield from (read, dropped, reconnects, up)
+        yield from (read, dropped, skipped, reconnects, up)
         p = self.publisher
         yield CounterMetricFamily(
             f"{PREFIX}_events_published", "Events delivered to the broker", value=p.published

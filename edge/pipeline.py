@@ -121,6 +121,10 @@ class CameraAnalysis:
         if self.keep_shown:
             self.shown = Shown(gray, self._faces(), self.last_processed)
 
+    def due(self) -> bool:
+        """The rate cap allows another frame now (a frame waiting past this is overdue)."""
+        return time.monotonic() >= self.next_due
+
     def analysed_fps(self) -> float:
         """Frames analysed per second over the last few (0 once nothing came for 5 s)."""
         times = list(self._analysed_at)

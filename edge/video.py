@@ -61,7 +61,8 @@ class ReaderStats:
     """Counters the metrics stage reads; written by the reader thread only."""
 
     frames_read: int = 0
-    frames_dropped: int = 0
+    frames_dropped: int = 0  # replaced unanalysed while analysis was due: the CPU is behind
+    frames_skipped: int = 0  # replaced unanalysed by design: the camera's fps cap
     reconnects: int = 0
     up: bool = False
     last_error: str = ""  # the latest reason it went down (sources masked), for the live view
@@ -180,6 +181,9 @@ class CameraReader:
         self.camera = camera
         self.stats = ReaderStats()
         self._opener, self._on_frame = opener, on_frame
+        # Whether the analysis wants a frame now (its rate cap allows one); wired by the daemon.
+        # A frame replaced unanalysed then was dropped (behind), else skipped (the cap).
+        self.due: Callable[[], bool] = lambda: True
         self._slot: Frame | None = None
         self._fresh = threading.Condition()
         self._stop = threading.Event()
@@ -306,7 +310,10 @@ class CameraReader:
     def _publish(self, frame: Frame) -> None:
         with self._fresh:
             if self._slot is not None:
-                self.stats.frames_dropped += 1
+                if self.due():
+                    self.stats.frames_dropped += 1
+                else:
+                    self.stats.frames_skipped += 1
             self._slot = frame
             self.stats.frames_read += 1
             self._fresh.notify_all()

@@ -399,6 +399,18 @@ def test_when_the_cpu_is_short_every_camera_is_analysed_alike(daemons):
     assert daemon.stop() == 0
 
 
+def test_frames_left_by_the_fps_cap_are_skipped_not_dropped(daemons):
+    """``frames_dropped_total`` is the CPU-is-behind alarm: a 30 fps clip analysed at 2 fps
+    leaves most frames by design, which must not raise it."""
+    daemon = daemons({"cameras": [{"name": "clip", "source": str(CLIP), "fps": 2, "loop": True}]})
+    daemon.wait_metric('edge_emotion_frames_read_total{camera="clip"}', lambda v: v >= 90, 30)
+    values = daemon.metrics()
+    skipped = values['edge_emotion_frames_skipped_total{camera="clip"}']
+    dropped = values['edge_emotion_frames_dropped_total{camera="clip"}']
+    assert skipped >= 60 and dropped <= skipped / 10, (skipped, dropped)
+    assert daemon.stop() == 0
+
+
 def test_unreachable_and_garbage_cameras_are_logged_and_do_not_block_others(daemons, tmp_path):
     garbage_file = tmp_path / "garbage.mp4"
     garbage_file.write_bytes(os.urandom(50_000))
