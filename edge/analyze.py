@@ -28,12 +28,19 @@ def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
     failures = 0
     for path in paths:
         try:
+            found = 0
             for index, frame in frames(path):
                 gray = to_gray(frame)
                 boxes = detector.detect(gray)
                 probs = classifier.predict([crop(gray, box) for box in boxes])
                 for box, p in zip(boxes, probs, strict=True):
                     print(line(path, index, box.as_list(), classifier.labels, p, as_json))
+                found += len(boxes)
+            if not found:  # said, so an empty output is not mistaken for a failure or a hang
+                print(
+                    f"edge analyze: {path}: no face found (frontal faces of 40 px or more)",
+                    file=sys.stderr,
+                )
         except BrokenPipeError:
             raise  # the reader of our output went away: stop (edge.__main__ ends quietly)
         except (OSError, cv2.error) as error:

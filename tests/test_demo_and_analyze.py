@@ -60,6 +60,20 @@ def test_analyze_prints_one_json_line_per_face(tmp_path):
     assert row["source"] == str(CLIP) and len(row["scores"]) == 7
 
 
+def test_analyze_says_when_a_file_has_no_face(tmp_path):
+    """An empty output alone cannot be told from a failure (or a rotated photo's miss)."""
+    import cv2
+    import numpy as np
+
+    wall = tmp_path / "wall.png"
+    cv2.imwrite(str(wall), np.full((240, 320), 128, np.uint8))
+    result = run_cli("edge", "analyze", wall, "--json")
+    assert result.returncode == 0 and result.stdout == ""
+    assert (
+        result.stderr == f"edge analyze: {wall}: no face found (frontal faces of 40 px or more)\n"
+    )
+
+
 def test_analyze_reports_unreadable_files_and_goes_on(tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
