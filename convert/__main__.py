@@ -28,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"convert {args.name}: interrupted", file=sys.stderr)
         return 130
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as error:
-        # An output path that cannot be made (a file where a folder must go, no permission):
-        # the input files were checked before anything ran.
-        where = error.filename or "?"
-        why = error.strerror
+    except OSError as error:
+        # An output path that cannot be made (a file where a folder must go, no permission, a
+        # name too long, a full disk): the input files were checked before anything ran.
+        where = error.filename or "output"
+        why = error.strerror or str(error)
         if isinstance(error, FileExistsError | NotADirectoryError):
             why = "a file is where an output folder must go"
         print(f"convert {args.name}: error: {where}: {why}", file=sys.stderr)
@@ -261,6 +261,11 @@ def run_export(args: argparse.Namespace) -> int:
     from convert.recipe import EXPORT_RANGES, QatRecipe, check_numbers
 
     _output_file(args.out, ".tflite", "the exported model's name", args.model)
+    if args.out.with_suffix(".json").resolve() == args.model.with_suffix(".history.json").resolve():
+        raise ConvertError(
+            f"--out {args.out}: its metadata ({args.out.with_suffix('.json')}) would replace the "
+            "model's training log; give another name"
+        )
     check_numbers(args, EXPORT_RANGES)
     qat = (
         QatRecipe(

@@ -23,7 +23,6 @@ import numpy as np
 
 from convert import EMOTIONS, ConvertError
 from convert.labels import accuracies, expected_counts, labellings, training_targets
-from convert.recipe import Recipe
 
 if TYPE_CHECKING:
     from convert.export import Inputs
@@ -46,7 +45,13 @@ def adjust(
 
     ``inputs``: the data for the priors and the val accuracy, by default (as for ``export``)
     what the training log names."""
-    from convert.export import Inputs, keras_predict, load_keras_model, training_record
+    from convert.export import (
+        Inputs,
+        keras_predict,
+        load_keras_model,
+        recorded_recipe,
+        training_record,
+    )
 
     if out.suffix != ".keras":
         raise ConvertError(f"--out {out}: the model file must end in .keras")
@@ -60,7 +65,15 @@ def adjust(
     history = training_record(model_path)
     if not history.get("recipe"):
         raise ConvertError(f"{model_path}: no training record (made by `convert train`?)")
-    recipe = Recipe.from_record(history.get("recipe", {}))
+    if history.get("adjusted"):
+        # A second shift would add to the first while the record (read by the int8
+        # fine-tune) kept only the second: adjust the trained model once, at the strength wanted.
+        done = history["adjusted"]
+        raise ConvertError(
+            f"{model_path}: already adjusted (toward {done.get('toward')}, strength "
+            f"{done.get('strength')}); adjust the model it came from, {done.get('from')}, instead"
+        )
+    recipe = recorded_recipe(model_path, history)
     train, val = (inputs or Inputs()).resolve(model_path, history)
     trained = class_shares(train.labels, train.votes, recipe.labels, recipe.ferplus_weight)
     wanted = class_shares(train.labels, train.votes, toward, 1.0)
@@ -73,7 +86,7 @@ def adjust(
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
     history["adjusted"] = {
-        "from": str(model_path),
+        "from": str(model_path.resolve()),
         "toward": toward,
         "strength": strength,
         "logit_shift": dict(zip(EMOTIONS, (round(s, 4) for s in result.shift), strict=True)),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -178,10 +179,17 @@ def _load_class_folder(folder: Path, usage: str | None) -> Split:
         raise ConvertError(
             f"{folder}: no {usage} images in its emotion folders: all {len(skipped)} were "
             f"skipped, their names say another split ({', '.join(sorted(set(skipped)))}); "
-            "pick the split with --usage"
+            "give the split's own folder (evaluate: or pick the split with --usage)"
         )
     if not files:
         raise ConvertError(f"{folder}: no images found in its emotion folders")
+    if skipped:  # said: a folder of mixed splits is scored on part of itself
+        print(
+            f"{folder}: {len(skipped)} images skipped, their names say another split than "
+            f"{usage} ({', '.join(sorted(set(skipped)))})",
+            file=sys.stderr,
+            flush=True,
+        )
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         images = list(pool.map(read_face, files, chunksize=256))
     # Keys are relative to the dataset folder (the split folder's parent), as in ferplus.csv.

@@ -42,6 +42,14 @@ def evaluate(
         raise ConvertError(
             f"--labels ferplus: no FER+ votes found for {split.source}: pass --votes FILE"
         )
+    majority = ferplus_majority(split.votes) if split.votes is not None else None
+    if majority is not None and not (majority != NO_LABEL).any():
+        if labels == "ferplus":
+            raise ConvertError(
+                f"--labels ferplus: no face of {split.source} has a single FER+ top vote among "
+                "the 7 emotions (all tied, contempt, unknown or not a face)"
+            )
+        majority = None  # nothing to score: no "accuracy 0.0000 on 0 faces"
     probs = np.concatenate(
         [predict_batch(split.images[i : i + 256]) for i in range(0, len(split), 256)]
     )
@@ -50,8 +58,7 @@ def evaluate(
     predicted = probs.argmax(axis=1)
     report = {"model": str(model_path), "data": split.source, **score(split.labels, predicted)}
     report["labellings"] = ["fer2013"]
-    if split.votes is not None:
-        majority = ferplus_majority(split.votes)
+    if majority is not None:
         scored = majority != NO_LABEL
         report["labellings"].append("ferplus")
         report["ferplus"] = {

@@ -53,8 +53,18 @@ class Inputs:
             or (None if self.data else _recorded(model_path, record, "val_path", "--val-data"))
             or data
         )
-        votes = self.votes or (None if self.data else _still_there(record.get("votes")))
-        return load_split(data, "Training", votes), load_split(val_data, "PublicTest", votes)
+        votes = self.votes or (
+            None if self.data else _recorded(model_path, record, "votes", "--votes")
+        )
+        train, val = load_split(data, "Training", votes), load_split(val_data, "PublicTest", votes)
+        trained_on = history.get("recipe", {}).get("labels", "fer2013")
+        if trained_on != "fer2013" and val.votes is None:
+            # Its check (and adjust's priors) would silently cover FER2013's labels only.
+            raise ConvertError(
+                f"{model_path}: trained on FER+ votes ({trained_on}), but no votes file was "
+                f"found for {val.source}: pass --votes FILE"
+            )
+        return train, val
 
 
 def _recorded(model_path: Path, record: dict, key: str, flag: str) -> str | None:
@@ -130,7 +140,7 @@ def export(
         raise ConvertError(f"--qat-epochs fine-tunes for int8; it does not apply to {quantize}")
     model = load_keras_model(model_path)
     history = training_record(model_path)
-    recipe = Recipe.from_record(history.get("recipe", {}))
+    recipe = recorded_recipe(model_path, history)
     train, val = inputs.resolve(model_path, history)
     # The float model's val predictions, as the daemon would average them: what every int8
     # candidate and the final check are compared with.
@@ -150,10 +160,6 @@ def export(
         metadata = _with_qat(describe(content, quantize, model_path, history), qat, trail)
     metadata = replace(metadata, test_time_flip=test_time_flip)
     return check_and_keep(keras_probs, content, metadata, out, val, max_drop)
-
-
-def _still_there(path: str | None) -> str | None:
-    return path if path and Path(path).is_file() else None
 
 
 @dataclass
@@ -324,6 +330,19 @@ def training_record(model_path: Path) -> dict:
     if not isinstance(record, dict):
         raise ConvertError(f"{path}: not a training log (expected a JSON object)")
     return record
+
+
+def recorded_recipe(model_path: Path, history: dict) -> Recipe:
+    """The recipe of the training log, with the log named when it is not a valid one (an edited
+    log: ``"alpha": "0.35"``, a batch size out of range)."""
+    record = history.get("recipe", {})
+    try:
+        if not isinstance(record, dict):
+            raise TypeError("not a mapping")
+        return Recipe.from_record(record)
+    except (TypeError, ValueError, ConvertError) as error:
+        log = model_path.with_suffix(".history.json")
+        raise ConvertError(f"{log}: the recorded recipe is not valid: {error}") from None
 
 
 def calibration_faces(split: Split, size: int) -> np.ndarray:

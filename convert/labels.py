@@ -106,7 +106,9 @@ def labellings(labels: np.ndarray, votes: np.ndarray | None) -> dict[str, np.nda
     votes (``NO_LABEL`` where a face has none)."""
     found = {"fer2013": labels}
     if votes is not None:
-        found["ferplus"] = ferplus_majority(votes)
+        majority = ferplus_majority(votes)
+        if (majority != NO_LABEL).any():  # no face with a single top vote: nothing to score
+            found["ferplus"] = majority
     return found
 
 

@@ -146,6 +146,11 @@ class Recipe:
             )
         if self.head_epochs + self.epochs < 1:
             raise ConvertError("--head-epochs and --epochs are both 0: nothing would be trained")
+        if self.weights == "none" and self.epochs < 1:
+            raise ConvertError(
+                "--epochs 0 with --weights none: a network from scratch has no head phase "
+                "(--head-epochs does not apply), so nothing would be trained"
+            )
 
     @property
     def uses_votes(self) -> bool:

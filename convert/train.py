@@ -222,11 +222,15 @@ class Fit:
         learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
         callbacks: list[keras.callbacks.Callback],
     ) -> None:
-        """Compile and fit one phase; skipped when the log shows it already finished."""
+        """Compile and fit one phase; skipped when the log shows it already finished (its last
+        weights are then loaded: the next phase of a resumed run starts where it ended)."""
         log = self.log
-        if end_epoch <= first_epoch or any(
-            e["phase"] == name and e.get("last") for e in log.epochs
-        ):
+        finished = self.out.with_suffix(".backup") / f"{name}.end.weights.h5"
+        if end_epoch <= first_epoch:
+            return
+        if any(e["phase"] == name and e.get("last") for e in log.epochs):
+            if finished.is_file():
+                self.model.load_weights(finished)
             return
         self.model.compile(
             optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=self.recipe.weight_decay),
@@ -244,6 +248,8 @@ class Fit:
             verbose=1 if sys.stdout.isatty() else 2,
         )
         if log.epochs and log.epochs[-1]["phase"] == name:
+            finished.parent.mkdir(parents=True, exist_ok=True)
+            self.model.save_weights(finished)
             log.epochs[-1]["last"] = True
             write_log(self.out, log)
 
@@ -334,23 +340,18 @@ def start_log(
     targets: Targets,
     teachers: tuple[Path, ...],
 ) -> RunLog:
-    """A new log, or the interrupted run's log when its backup is still there to resume."""
+    """A new log, or the interrupted run's log when its backup is still there to resume and
+    it ran the same recipe on the same data (anything else would continue other weights under
+    this run's name: the backup of such a run is removed and this one starts afresh)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_suffix(".history.json")
-    if out.with_suffix(".backup").exists() and path.exists():
-        from convert.export import training_record
-
-        saved = training_record(out)
-        if saved.get("recipe") == asdict(recipe):
-            print(f"resuming the interrupted run logged in {path}", flush=True)
-            return RunLog(**saved)
     # Absolute paths: `export` and `adjust` read them from wherever they are run.
     record = {
         "path": _absolute(data),
         "val_path": _absolute(val_data),
         "votes": _absolute(train_split.votes_source or None),
-        "train": train_split.source,
-        "val": val_split.source,
+        "train": _absolute(train_split.source),
+        "val": _absolute(val_split.source),
         "train_count": len(targets),
         "train_left_out": targets.left_out,
         "val_count": len(val_split),
@@ -361,6 +362,19 @@ def start_log(
         "init": _absolute(init),
         "teachers": [_absolute(t) for t in teachers],
     }
+    backup = out.with_suffix(".backup")
+    if backup.exists():
+        from convert.export import training_record
+
+        saved = training_record(out) if path.exists() else {}
+        if saved.get("recipe") == asdict(recipe) and saved.get("data") == record:
+            print(f"resuming the interrupted run logged in {path}", flush=True)
+            return RunLog(**saved)
+        print(
+            f"an interrupted run of another recipe or data left {backup}: starting afresh",
+            flush=True,
+        )
+        shutil.rmtree(backup)
     return RunLog(recipe=asdict(recipe), data=record)
 
 

@@ -180,6 +180,62 @@ def test_adjust_refuses_to_write_over_its_own_input(tmp_path):
     assert model.read_bytes() == SHIPPED_KERAS.read_bytes()
 
 
+def test_a_model_trained_on_votes_is_not_checked_without_them(tmp_path):
+    """Its export check would compare FER2013's labels only, and say 'kept' all the same."""
+    out = tmp_path / "m.tflite"
+    result = run_cli(
+        "convert", "export", "--model", SHIPPED_KERAS, "--data", SAMPLE_CSV, "--out", out
+    )
+    one_line_error(result, "trained on FER+ votes (mix), but no votes file was found")
+    assert "pass --votes FILE" in result.stderr and not out.exists()
+
+
+def copy_of_the_shipped_model(folder: Path, recipe_change: dict | None = None) -> Path:
+    model = folder / "m.keras"
+    shutil.copyfile(SHIPPED_KERAS, model)
+    history = json.loads(SHIPPED_KERAS.with_suffix(".history.json").read_text())
+    history["recipe"] |= recipe_change or {}
+    model.with_suffix(".history.json").write_text(json.dumps(history))
+    return model
+
+
+def test_export_never_writes_its_metadata_over_the_training_log(tmp_path):
+    model = copy_of_the_shipped_model(tmp_path)
+    log = model.with_suffix(".history.json").read_bytes()
+    out = tmp_path / "m.history.tflite"  # its metadata would be m.history.json
+    result = run_cli("convert", "export", "--model", model, "--out", out)
+    one_line_error(result, "would replace the model's training log")
+    assert model.with_suffix(".history.json").read_bytes() == log
+
+
+def test_an_edited_training_log_is_named_not_a_traceback(tmp_path):
+    model = copy_of_the_shipped_model(tmp_path, {"alpha": "0.35"})
+    result = run_cli("convert", "export", "--model", model, "--out", tmp_path / "m.tflite")
+    one_line_error(result, "m.history.json: the recorded recipe is not valid")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--out", "x" * 300 + ".keras"), "File name too long"),
+        (("--out", "m.keras", "--weights", "none", "--epochs", "0"), "no head phase"),
+    ],
+    ids=["name-too-long", "from-scratch-without-epochs"],
+)
+def test_train_refuses_before_loading_data(args, message):
+    result = run_cli("convert", "train", "--data", SAMPLE_CSV, *args, *CSV_LABELS)
+    one_line_error(result, message)
+
+
+def test_an_adjusted_model_is_not_adjusted_again(tmp_path):
+    """Two shifts add up while the record keeps only the last one (and the int8 fine-tune reads
+    it): the shipped model is adjusted already; its trained source is what to adjust."""
+    out = tmp_path / "again.keras"
+    result = run_cli("convert", "adjust", "--model", SHIPPED_KERAS, "--out", out, "--strength", "1")
+    one_line_error(result, f"{SHIPPED_KERAS}: already adjusted (toward fer2013, strength 0.5)")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -372,20 +428,35 @@ def test_an_interrupted_run_keeps_the_model_at_out_and_resumes(tmp_path):
         MNV2_WEIGHTS, "--out", out, *TINY[:4], "--head-epochs", "0", "--epochs", "12",
         "--schedule", "cosine", *CSV_LABELS,
     ]  # fmt: skip
-    run = subprocess.Popen(
-        list(map(str, command)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
     partial = tmp_path / "m.partial.keras"
-    deadline = time.monotonic() + 300
-    while not (partial.is_file() and zipfile.is_zipfile(partial)) and run.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint after 5 minutes"
-        time.sleep(0.1)
-    run.send_signal(signal.SIGINT)
-    _, stderr = run.communicate(timeout=120)
-    assert run.returncode == 130, stderr[-2000:]
-    assert f"the best checkpoint so far is {partial}" in stderr
-    assert (out.read_bytes(), out.with_suffix(".history.json").read_bytes()) == before
 
+    def interrupted() -> None:
+        run = subprocess.Popen(
+            list(map(str, command)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 300
+        while not (partial.is_file() and zipfile.is_zipfile(partial)) and run.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint after 5 minutes"
+            time.sleep(0.1)
+        run.send_signal(signal.SIGINT)
+        _, stderr = run.communicate(timeout=120)
+        assert run.returncode == 130, stderr[-2000:]
+        assert f"the best checkpoint so far is {partial}" in stderr
+        assert (out.read_bytes(), out.with_suffix(".history.json").read_bytes()) == before
+
+    # Another recipe under the same --out must not continue the interrupted run's weights.
+    interrupted()
+    other = list(command)
+    other[other.index("--epochs") + 1] = "1"
+    fresh = subprocess.run(list(map(str, other)), cwd=ROOT, capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "starting afresh" in fresh.stdout and "resuming" not in fresh.stdout
+    assert len(json.loads(out.with_suffix(".history.json").read_text())["epochs"]) == 1
+    shutil.copyfile(SHIPPED_KERAS, out)
+    shutil.copyfile(SHIPPED_KERAS.with_suffix(".history.json"), out.with_suffix(".history.json"))
+
+    interrupted()
     resumed = subprocess.run(list(map(str, command)), cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming the interrupted run" in resumed.stdout
