@@ -7,10 +7,22 @@ import sys
 
 # A reload (SIGHUP) that arrives while the daemon starts, before its own handlers exist, would
 # end the process by default: a second `systemctl reload` within a second of the first left the
-# service dead. Remembered from the first moment instead, and acted on once running.
+# service dead. Remembered from the first moment instead, and acted on once running. Ctrl-C
+# meanwhile ends the start-up in one line, wherever the imports are (no traceback).
 _early_reloads: list[int] = []
+
+
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    print(f"edge {sys.argv[1]}: interrupted", file=sys.stderr)
+    raise SystemExit(130)
+
+
 if __name__ == "__main__" and sys.argv[1:2] in (["run"], ["demo"]):
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
     signal.signal(signal.SIGHUP, lambda signum, _frame: _early_reloads.append(signum))
+    # A reload re-executes with SIGHUP blocked (reload_in_place): one sent while the new
+    # interpreter started waited, pending, and arrives here.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -109,6 +121,9 @@ def reload_in_place() -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    # Blocked across the exec (a signal mask survives it) until the new process has its
+    # handler: a SIGHUP meanwhile would otherwise end the interpreter before it begins.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -171,10 +172,13 @@ def test_check_config_masks_credentials_by_structure(tmp_path):
     assert "subtype=0" in result.stdout
 
 
-def test_sighup_restarts_in_place_with_the_configuration_reread(tmp_path):
+CAMERA = {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True}
+
+
+def events_to_stdout(tmp_path) -> tuple[subprocess.Popen, object]:
+    """A daemon printing a looping clip's events to stdout; (process, its log file)."""
     path = tmp_path / "edge.yaml"
-    camera = {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True}
-    path.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
+    path.write_text(yaml.safe_dump({"cameras": [CAMERA], "metrics": {"enabled": False}}))
     log = tmp_path / "daemon.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "edge", "run", "--config", str(path)],
@@ -183,10 +187,17 @@ def test_sighup_restarts_in_place_with_the_configuration_reread(tmp_path):
         stderr=log.open("w"),
         text=True,
     )
+    return proc, log
+
+
+def test_sighup_restarts_in_place_with_the_configuration_reread(tmp_path):
+    proc, log = events_to_stdout(tmp_path)
     try:
         assert '"event"' in proc.stdout.readline()  # running: its first event
-        renamed = {**camera, "name": "renamed"}
-        path.write_text(yaml.safe_dump({"cameras": [renamed], "metrics": {"enabled": False}}))
+        renamed = {**CAMERA, "name": "renamed"}
+        (tmp_path / "edge.yaml").write_text(
+            yaml.safe_dump({"cameras": [renamed], "metrics": {"enabled": False}})
+        )
         proc.send_signal(signal.SIGHUP)
         for line in proc.stdout:  # events of the old camera, flushed, then the new one's
             if '"camera":"renamed"' in line:
@@ -201,25 +212,32 @@ def test_sighup_restarts_in_place_with_the_configuration_reread(tmp_path):
     assert "Traceback" not in text
 
 
+def catching(pid: int, signum: int, timeout: float = 30) -> None:
+    """Until the process has a handler for ``signum`` (its /proc status says so): a signal sent
+    before that tests the interpreter's start, not the daemon's."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(
+            next(line for line in status.splitlines() if line.startswith("SigCgt:"))[7:], 16
+        )
+        if caught >> (signum - 1) & 1:
+            return
+        assert time.monotonic() < deadline, f"no handler for signal {signum} in {timeout} s"
+        time.sleep(0.01)
+
+
 def test_reloads_while_starting_up_never_kill_the_daemon(tmp_path):
     """Two `systemctl reload`s a moment apart: the second arrives while the re-executed process
     is still loading; by default SIGHUP would end it, and systemd counts that a clean exit."""
-    path = tmp_path / "edge.yaml"
-    camera = {"name": "clip", "source": str(CLIP), "fps": 5, "loop": True}
-    path.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
-    log = tmp_path / "daemon.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge", "run", "--config", str(path)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-    )
+    proc, log = events_to_stdout(tmp_path)
     try:
-        time.sleep(0.3)  # inside start-up: there is no event to wait on before the model loads
+        catching(proc.pid, signal.SIGHUP)  # the first moment of start-up, before the model
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGHUP)
+        while "SIGHUP: restarting" not in log.read_text():  # a file: polled
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGHUP)  # into the re-executed process's start-up
         assert '"event"' in proc.stdout.readline()  # running after all
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
@@ -239,7 +257,7 @@ def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
         stdout=subprocess.DEVNULL,
         text=True,
     )
-    time.sleep(0.5)  # loading: before the daemon's own handlers exist
+    catching(proc.pid, signal.SIGHUP)  # start-up has begun: imports and the model to come
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=20)
     assert "Traceback" not in stderr

@@ -19,16 +19,17 @@ from test_daemon import DaemonProcess
 CLIP = SHARED / "media" / "asl-again.mkv"
 
 
+def openssl(*args: object) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     """A private CA and a server certificate for 127.0.0.1, made with openssl."""
     ca_key, ca, key, csr, cert = (
         folder / n for n in ("ca.key", "ca.crt", "s.key", "s.csr", "s.crt")
     )
 
-    def run(*args: object) -> None:
-        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-
-    run(
+    openssl(
         "req",
         "-x509",
         "-newkey",
@@ -43,7 +44,7 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
         "-out",
         ca,
     )
-    run(
+    openssl(
         "req",
         "-newkey",
         "rsa:2048",
@@ -57,7 +58,7 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     )
     ext = folder / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    run(
+    openssl(
         "x509",
         "-req",
         "-in",
@@ -224,11 +225,8 @@ def make_client_certificate(folder: Path, passphrase: str) -> tuple[Path, Path]:
     with ``passphrase`` (as a device's provisioning often leaves it)."""
     key, csr, cert = (folder / n for n in ("c.key", "c.csr", "c.crt"))
 
-    def run(*args: object) -> None:
-        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-
-    run("genpkey", "-algorithm", "RSA", "-aes256", "-pass", f"pass:{passphrase}", "-out", key)
-    run(
+    openssl("genpkey", "-algorithm", "RSA", "-aes256", "-pass", f"pass:{passphrase}", "-out", key)
+    openssl(
         "req",
         "-new",
         "-key",
@@ -240,7 +238,7 @@ def make_client_certificate(folder: Path, passphrase: str) -> tuple[Path, Path]:
         "-out",
         csr,
     )
-    run(
+    openssl(
         "x509",
         "-req",
         "-in",
