@@ -41,9 +41,13 @@ class Inputs:
     val_data: str | None = None
     votes: str | None = None
 
-    def resolve(self, model_path: Path, history: dict) -> tuple[Split, Split]:
+    def resolve(
+        self, model_path: Path, history: dict, votes_required: bool = True
+    ) -> tuple[Split, Split]:
         """(train, val). An explicit ``--data`` decides both splits, ``--val-data`` the check's;
-        otherwise the data, validation data and votes the model was trained with."""
+        otherwise the data, validation data and votes the model was trained with. A model
+        trained on votes needs them (``votes_required``: adjust's priors always do; export's
+        check does unless the user chose other data with ``--data``)."""
         record = history.get("data", {})
         data = self.data or _recorded(model_path, record, "path", "--data")
         if not data:
@@ -58,7 +62,7 @@ class Inputs:
         )
         train, val = load_split(data, "Training", votes), load_split(val_data, "PublicTest", votes)
         trained_on = history.get("recipe", {}).get("labels", "fer2013")
-        if trained_on != "fer2013" and val.votes is None:
+        if trained_on != "fer2013" and val.votes is None and votes_required:
             # Its check (and adjust's priors) would silently cover FER2013's labels only.
             raise ConvertError(
                 f"{model_path}: trained on FER+ votes ({trained_on}), but no votes file was "
@@ -141,7 +145,9 @@ def export(
     model = load_keras_model(model_path)
     history = training_record(model_path)
     recipe = recorded_recipe(model_path, history)
-    train, val = inputs.resolve(model_path, history)
+    train, val = inputs.resolve(model_path, history, votes_required=inputs.data is None)
+    if recipe.labels != "fer2013" and val.votes is None:
+        say(f"no FER+ votes for {val.source}: the check compares FER2013's labels only")
     # The float model's val predictions, as the daemon would average them: what every int8
     # candidate and the final check are compared with.
     keras_probs = keras_predict(model, val.images, test_time_flip)

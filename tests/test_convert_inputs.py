@@ -180,16 +180,6 @@ def test_adjust_refuses_to_write_over_its_own_input(tmp_path):
     assert model.read_bytes() == SHIPPED_KERAS.read_bytes()
 
 
-def test_a_model_trained_on_votes_is_not_checked_without_them(tmp_path):
-    """Its export check would compare FER2013's labels only, and say 'kept' all the same."""
-    out = tmp_path / "m.tflite"
-    result = run_cli(
-        "convert", "export", "--model", SHIPPED_KERAS, "--data", SAMPLE_CSV, "--out", out
-    )
-    one_line_error(result, "trained on FER+ votes (mix), but no votes file was found")
-    assert "pass --votes FILE" in result.stderr and not out.exists()
-
-
 def copy_of_the_shipped_model(folder: Path, recipe_change: dict | None = None) -> Path:
     model = folder / "m.keras"
     shutil.copyfile(SHIPPED_KERAS, model)
@@ -225,6 +215,19 @@ def test_an_edited_training_log_is_named_not_a_traceback(tmp_path):
 def test_train_refuses_before_loading_data(args, message):
     result = run_cli("convert", "train", "--data", SAMPLE_CSV, *args, *CSV_LABELS)
     one_line_error(result, message)
+
+
+def test_a_model_trained_on_votes_is_not_checked_without_them(tmp_path):
+    """The votes file its training log names has moved: the check would compare FER2013's
+    labels only and say 'kept' all the same."""
+    model = copy_of_the_shipped_model(tmp_path)
+    history = json.loads(model.with_suffix(".history.json").read_text())
+    history["data"] |= {"path": str(FER), "votes": str(tmp_path / "moved" / "ferplus.csv")}
+    model.with_suffix(".history.json").write_text(json.dumps(history))
+    out = tmp_path / "m.tflite"
+    result = run_cli("convert", "export", "--model", model, "--out", out)
+    one_line_error(result, "ferplus.csv: data named by the training log")
+    assert "pass --votes with its path" in result.stderr and not out.exists()
 
 
 def test_an_adjusted_model_is_not_adjusted_again(tmp_path):

@@ -116,6 +116,7 @@ def test_export_data_chooses_the_split_the_check_runs_on(trained_on_votes: Path,
     assert result.returncode == 0, result.stderr[-3000:]
     check = json.loads(out.with_suffix(".json").read_text())["provenance"]["export_check"]
     assert check["val_faces"] == 70 and "ferplus" not in check  # the CSV's PublicTest rows
+    assert "the check compares FER2013's labels only" in result.stdout  # and says so
 
 
 def test_evaluate_scores_the_fer_plus_majority_and_says_how_many_were_left_out(
