@@ -58,24 +58,16 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     )
     ext = folder / "san.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        csr,
-        "-CA",
-        ca,
-        "-CAkey",
-        ca_key,
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        ext,
-        "-out",
-        cert,
-    )
+    sign(csr, folder, cert, "-extfile", ext)
     return ca, cert, key
+
+
+def sign(csr: Path, folder: Path, cert: Path, *extra: object) -> None:
+    """``csr`` signed by the CA that ``make_certificates`` made in ``folder``, valid two days."""
+    openssl(
+        "x509", "-req", "-in", csr, "-CA", folder / "ca.crt", "-CAkey", folder / "ca.key",
+        "-CAcreateserial", "-days", "2", *extra, "-out", cert,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -238,21 +230,7 @@ def make_client_certificate(folder: Path, passphrase: str) -> tuple[Path, Path]:
         "-out",
         csr,
     )
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        csr,
-        "-CA",
-        folder / "ca.crt",
-        "-CAkey",
-        folder / "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        cert,
-    )
+    sign(csr, folder, cert)
     return cert, key
 
 
