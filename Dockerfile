@@ -107,7 +107,11 @@ RUN groupadd --system --gid 10001 edge \
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY contrib/container/healthcheck.py /opt/edge-emotion/healthcheck.py
-RUN mkdir -p /etc/edge-emotion
+# The spool (events still undelivered when the container stops during a broker outage) goes to
+# /var/lib/edge-emotion: mount a volume there to keep it across re-creation. With --read-only and
+# nothing mounted there the daemon runs without a spool and says so once.
+RUN mkdir -p /etc/edge-emotion /var/lib/edge-emotion && chown 10001:10001 /var/lib/edge-emotion
+ENV XDG_STATE_HOME=/var/lib
 # Configuration: mount a file here (see systemd/edge.example.yaml); EDGE_* variables override it
 # (EDGE_MQTT__HOST=broker.lan, EDGE_MQTT__PASSWORD=...). Logs go to the container's output.
 # Metrics are on 127.0.0.1:9108 unless EDGE_METRICS__HOST=0.0.0.0 (then publish -p 9108:9108).

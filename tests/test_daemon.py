@@ -267,6 +267,21 @@ def test_the_spool_is_kept_until_its_events_are_delivered_and_bad_lines_are_skip
     assert spool.read_text() == theirs + "\n"
 
 
+def test_without_a_writable_default_spool_place_the_daemon_runs_and_says_so(daemons):
+    """A container with a read-only root and no home has nowhere to spool: that must not stop
+    the daemon (only an mqtt.spool_file that cannot be written does)."""
+    daemon = daemons(
+        {
+            "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+            "mqtt": {"host": "127.0.0.1", "port": free_port()},
+        },
+        env={"XDG_STATE_HOME": str(CLIP / "state")},  # below a file: cannot be made
+    )
+    daemon.wait_metric('edge_emotion_frames_read_total{camera="clip"}', lambda v: v > 0, 30)
+    assert daemon.stop() == 0, daemon.log()
+    assert daemon.log().count("no spool:") == 1
+
+
 def test_an_outage_that_fills_the_queue_still_ends_with_the_daemon_online(broker, rtsp, daemons):
     """Events beyond mqtt.queue_size are dropped (counted, warned once), but the retained
     status must say "online" again once connected: Home Assistant shows the device by it."""

@@ -64,10 +64,7 @@ class MqttPublisher:
         self._twin_warned = False
         # Events handed to paho and not yet acknowledged, in order: message id -> topic, payload
         self._pending: dict[int, tuple[str, bytes]] = {}
-        path = spool_path(config, device_id)
-        self.spool = Spool(path, self.base) if path else None
-        if self.spool is not None:
-            self.spool.check()
+        self.spool = _usable_spool(config, device_id, self.base)
         self._spooled: set[int] = set()  # message ids of the spool's events not yet delivered
         self._acked_early: dict[int, float] = {}
         self._lock = threading.Lock()
@@ -414,6 +411,28 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8] or "-"
     except OSError:
         return "-"
+
+
+def _usable_spool(config: MqttConfig, device_id: str, base: str) -> Spool | None:
+    """The spool, checked at start-up. An ``mqtt.spool_file`` that cannot be written is a
+    configuration error; the default place is only where it can be (a container with a
+    read-only root and no home has none): then the daemon runs without, and says so once."""
+    path = spool_path(config, device_id)
+    if path is None:
+        return None
+    spool = Spool(path, base)
+    try:
+        spool.check()
+    except ConfigError:
+        if config.spool_file is not None:
+            raise
+        log.warning(
+            "no spool: %s cannot be written, so events still undelivered at a stop are lost; "
+            "set mqtt.spool_file to a writable place (or mqtt.spool: false to silence this)",
+            path.parent,
+        )
+        return None
+    return spool
 
 
 def spool_path(config: MqttConfig, device_id: str) -> Path | None:
