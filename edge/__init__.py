@@ -6,6 +6,7 @@ The runtime never imports TensorFlow: the model runs on the LiteRT interpreter.
 import os
 import site
 import sys
+import sysconfig
 from pathlib import Path
 
 # Images larger than this are refused from their header, before decoding: a PNG of a few
@@ -22,7 +23,8 @@ def _default_model() -> Path:
     its copy under ``<prefix>/share/edge-emotion/models/`` (pyproject's data-files), where the
     prefix is the environment's, or the user base for ``pip install --user``."""
     checkout = Path(__file__).resolve().parent.parent / "models" / MODEL_FILE
-    for prefix in (sys.prefix, site.getuserbase()):
+    # Debian's system pip installs under /usr/local while sys.prefix is /usr: sysconfig knows.
+    for prefix in (sys.prefix, sysconfig.get_path("data"), site.getuserbase()):
         installed = Path(prefix) / "share" / "edge-emotion" / "models" / MODEL_FILE
         try:
             if installed.is_file() and not checkout.is_file():

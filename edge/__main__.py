@@ -28,6 +28,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from edge.cli import OneLineParser  # noqa: E402
@@ -78,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    return serve(load_config(args.config))
+    return serve(load_config(args.config), reread=lambda: load_config(args.config))
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -87,7 +88,7 @@ def run_demo(args: argparse.Namespace) -> int:
     return serve(load_config(None, demo_config(sample_clip())))
 
 
-def serve(config: EdgeConfig) -> int:
+def serve(config: EdgeConfig, reread: Callable[[], EdgeConfig] | None = None) -> int:
     from edge.daemon import Daemon, tune_opencv
 
     logging.basicConfig(
@@ -96,7 +97,7 @@ def serve(config: EdgeConfig) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     tune_opencv(len(config.cameras))
-    daemon = Daemon(config)
+    daemon = Daemon(config, reread=reread)
     daemon.install_signal_handlers()
     if _early_reloads:
         daemon.request_reload()  # starts, then restarts at once with the configuration re-read
@@ -115,8 +116,8 @@ def serve(config: EdgeConfig) -> int:
 
 def reload_in_place() -> None:
     """SIGHUP: everything is flushed and stopped by now; start again as the same process (same
-    PID, so systemd and other supervisors keep tracking it) with the configuration re-read. A
-    configuration that has become invalid then stops the daemon with exit code 2."""
+    PID, so systemd and other supervisors keep tracking it) with the configuration re-read
+    (``Daemon.request_reload`` checked that it loads)."""
     logging.getLogger(__name__).info("SIGHUP: restarting with the configuration re-read")
     logging.shutdown()
     sys.stdout.flush()

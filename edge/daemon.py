@@ -39,8 +39,11 @@ class Daemon:
         config: EdgeConfig,
         publisher: Publisher | None = None,
         notifier: Notifier | None = None,
+        reread: Callable[[], EdgeConfig] | None = None,
     ) -> None:
         self.config = config
+        # Reads the configuration again for a reload; one that fails is refused there.
+        self.reread = reread
         self.publisher = publisher or make_publisher(config)
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
@@ -138,8 +141,19 @@ class Daemon:
             stale_after = (self.notifier.watchdog_interval or 1.0) + max(
                 1 / c.fps for c in self.config.cameras
             )
-            if time.monotonic() - newest < max(stale_after, 2.0):
+            stale = time.monotonic() - newest
+            if stale < max(stale_after, 2.0):
                 self.notifier.alive()
+            elif (half := self.notifier.watchdog_interval) and stale >= max(stale_after, 2) + half:
+                # Halfway from the last ping to systemd's SIGABRT, which would lose the
+                # events still queued for the broker: stop cleanly (they go to the spool)
+                # and let Restart=on-failure start us again, as the watchdog would have.
+                log.error(
+                    "no camera has delivered a frame for %.0f s: exiting to be restarted "
+                    "before the systemd watchdog (WatchdogSec) kills the daemon",
+                    stale,
+                )
+                return 1
         return 0
 
     def shutdown(self) -> None:
@@ -176,6 +190,16 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
 
     def request_reload(self) -> None:
+        """Restart in place, but only into a configuration that loads: a typo saved before
+        ``systemctl reload`` must not take every camera down (exit 2 is not restarted)."""
+        if self.reread is not None:
+            try:
+                config = self.reread()
+                if not os.access(config.model.path, os.R_OK):
+                    raise ConfigError(f"{config.model.path}: model file not found or unreadable")
+            except ConfigError as error:
+                log.error("reload refused, still running the previous configuration: %s", error)
+                return
         self.reload_requested = True
         self.stop_requested.set()
 

@@ -37,6 +37,14 @@ log = logging.getLogger(__name__)
 BACKOFF_START_S = 0.5
 # Capped low enough that a stream which returns is read again within 10 s (open takes ~2 s).
 BACKOFF_MAX_S = 5.0
+# A stream counts as back only after delivering this long: one that closes after a frame or
+# two (an HTTP snapshot URL, a server that drops every session) is reopened with the backoff
+# of a failed open, not at once, and warned about once, not at every cycle.
+STABLE_S = 10.0
+# A refusal by the server (wrong password, wrong path) needs the operator: many cameras lock an
+# account after a few failed logins, so it is retried at most once a minute.
+REFUSED_BACKOFF_MAX_S = 60.0
+REFUSALS = ("Server returned 401", "Server returned 403", "Server returned 404")
 FULL_RANGE = 2  # AVCOL_RANGE_JPEG
 LIMITED_TO_FULL = np.clip((np.arange(256) - 16) * 255 / 219 + 0.5, 0, 255).astype(np.uint8)
 # TCP: no UDP packet loss smearing frames. FFmpeg probes a stream for 5 s (analyzeduration)
@@ -133,6 +141,11 @@ def luma(frame: av.VideoFrame) -> np.ndarray:
     return cv2.LUT(rows[:, : plane.width], LIMITED_TO_FULL)
 
 
+def _refused(error: str) -> bool:
+    """The server answered and said no (HTTP-style status in FFmpeg's message)."""
+    return any(word in error for word in REFUSALS)
+
+
 def _reason(error: Exception) -> str:
     """FFmpeg's words without the URL (which may carry credentials) that PyAV appends."""
     return getattr(error, "strerror", None) or type(error).__name__
@@ -190,6 +203,7 @@ class CameraReader:
         self._finished = threading.Event()
         self.crashed = False  # stopped by an error of ours, not by its source: see _run
         self._warned = False
+        self._flapping = False  # the last session ended within STABLE_S of its first frame
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.name}", daemon=True)
 
     def start(self) -> CameraReader:
@@ -235,9 +249,9 @@ class CameraReader:
                     if self._unreadable_file(str(error)):
                         return
                     self._down(f"{error}; retrying in {backoff:.1f} s")
-                    backoff = self._pause(backoff)
+                    backoff = self._pause(backoff, refused=_refused(str(error)))
                     continue
-                first = index
+                first, opened = index, time.monotonic()
                 try:
                     index, ended, why = self._read_until_failure(source, index)
                 finally:
@@ -251,13 +265,22 @@ class CameraReader:
                     self._down(problem)
                     backoff = self._pause(backoff)
                     continue
-                backoff = BACKOFF_START_S
+                self._flapping = time.monotonic() - opened < STABLE_S
+                if not self._flapping:
+                    backoff, self._warned = BACKOFF_START_S, False
                 if ended and not self.camera.loop:
                     log.info("camera %s: end of file", self.camera.name)
                     return
                 if not ended:
                     self.stats.reconnects += 1
-                    self._down(f"stream stopped delivering frames ({why}); reopening")
+                    if self._flapping:
+                        self._down(
+                            f"stream stopped delivering frames ({why}) within {STABLE_S:.0f} s "
+                            f"of opening; reopening in {backoff:.1f} s"
+                        )
+                        backoff = self._pause(backoff)
+                    else:
+                        self._down(f"stream stopped delivering frames ({why}); reopening")
         except Exception as error:  # a bug, or a library failing in a way not foreseen
             # Not "the source ended": the daemon exits 1 so that systemd restarts it.
             self.crashed = True
@@ -282,10 +305,10 @@ class CameraReader:
         log.error("camera %s: %s; the file is not read again", self.camera.name, problem)
         return True
 
-    def _pause(self, backoff: float) -> float:
+    def _pause(self, backoff: float, refused: bool = False) -> float:
         """Wait ``backoff`` seconds (or until stopped); returns the next, doubled, capped wait."""
         self._stop.wait(backoff)
-        return min(backoff * 2, BACKOFF_MAX_S)
+        return min(backoff * 2, REFUSED_BACKOFF_MAX_S if refused else BACKOFF_MAX_S)
 
     def _read_until_failure(self, source: Source, index: int) -> tuple[int, bool, str]:
         """Read until stopped or the source fails; returns (next index, reached end of file,
@@ -320,9 +343,15 @@ class CameraReader:
         self._on_frame()
 
     def _up(self, first_ever: bool) -> None:
+        """Back up: said once, and the next outage warned again. A source that keeps closing
+        soon after opening stays one outage (debug lines) until a session lasts STABLE_S."""
+        self.stats.up = True
+        if self._flapping and not first_ever:
+            log.debug("camera %s: reading %s", self.camera.name, self.camera.masked_source())
+            return
         if first_ever or self.camera.kind != "file":
             log.info("camera %s: reading %s", self.camera.name, self.camera.masked_source())
-        self.stats.up, self._warned = True, False
+        self._warned = False
 
     def _down(self, why: str) -> None:
         """Warn once per outage; repeats while it lasts go to debug, not to the journal."""

@@ -247,6 +247,26 @@ def test_reloads_while_starting_up_never_kill_the_daemon(tmp_path):
     assert "Traceback" not in log.read_text()
 
 
+def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(daemons):  # noqa: F811
+    """A typo saved before a reload stopped the daemon with exit code 2, which supervisors do
+    not restart: every camera dark until someone looked."""
+    daemon = daemons({"cameras": [{"name": "clip", "source": str(CLIP), "loop": True, "fps": 5}]})
+    daemon.wait_metric('edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 1, 30)
+    camera = {"name": "clip", "source": "rtsp://admin:hunter2@192.0.2.1/x", "fps": -1}
+    broken = {"cameras": [camera]}
+    daemon.config.write_text(yaml.safe_dump(broken))
+    daemon.proc.send_signal(signal.SIGHUP)
+    log = daemon.wait_log(lambda text: "reload refused" in text, timeout=30)
+    before = daemon.metrics()['edge_emotion_frames_processed_total{camera="clip"}']
+    daemon.wait_metric(  # still analysing, with the configuration it had
+        'edge_emotion_frames_processed_total{camera="clip"}', lambda v: v > before, 30
+    )
+    assert daemon.stop() == 0
+    line = next(line for line in log.splitlines() if "reload refused" in line)
+    assert "still running the previous configuration" in line and "cameras.0.fps" in line
+    assert "hunter2" not in daemon.log()
+
+
 def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
     path = tmp_path / "edge.yaml"
     path.write_text(yaml.safe_dump({"cameras": [{"name": "clip", "source": str(CLIP)}]}))
@@ -310,6 +330,54 @@ def test_a_missing_usb_camera_is_said_once_not_at_every_retry(daemons):  # noqa:
     log = daemon.log()
     assert log.count("camera usb: cannot open 7") == 1, log
     assert "VIDEOIO" not in log and "WARN:" not in log, log
+
+
+def test_a_camera_that_closes_after_each_frame_is_not_hammered(daemons, tmp_path):  # noqa: F811
+    """An HTTP snapshot URL gives one frame per request and closes: it was reopened at once,
+    hundreds of requests and log lines a second, for as long as the daemon ran."""
+    import http.server
+    import threading
+
+    import cv2
+    import numpy as np
+
+    snapshot = cv2.imencode(".jpg", np.full((120, 160), 128, np.uint8))[1].tobytes()
+    requests = []
+
+    class Snapshot(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            requests.append(time.monotonic())
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(snapshot)))
+            self.end_headers()
+            self.wfile.write(snapshot)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Snapshot)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        daemon = daemons(
+            {
+                "cameras": [
+                    {"name": "snap", "source": f"http://127.0.0.1:{server.server_port}/s.jpg"},
+                    {"name": "clip", "source": str(CLIP), "loop": True, "fps": 10},
+                ]
+            }
+        )
+        daemon.wait_metric('edge_emotion_frames_read_total{camera="snap"}', lambda v: v >= 1, 30)
+        first = requests[0]
+        daemon.wait_metric('edge_emotion_frames_read_total{camera="clip"}', lambda v: v > 240, 60)
+        assert daemon.stop() == 0
+    finally:
+        server.shutdown()
+    seconds = time.monotonic() - first
+    # Reopened after 0.5, 1, 2, 4, then every 5 s: a handful, however long the run.
+    assert len(requests) <= 4 + seconds / 4, (len(requests), seconds)
+    log = daemon.log()
+    assert log.count("camera snap: stream stopped delivering frames") == 1, log
 
 
 def huge_png(path, width: int, height: int) -> None:

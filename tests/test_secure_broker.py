@@ -126,6 +126,8 @@ def test_wrong_password_is_logged_clearly_and_never_printed(secure_broker, tmp_p
     log = daemon.log()
     assert "refused the connection: Not authorized" in log or "Bad user name or password" in log
     assert "wrong-pw" not in log
+    # The refusal is the whole story: not also a hint that the port may not speak MQTT.
+    assert "closed the connection before accepting" not in log, log
 
 
 def refusal_times(log: str) -> list[datetime]:

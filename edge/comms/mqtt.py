@@ -169,7 +169,10 @@ class MqttPublisher:
         """
         with self._lock:
             if len(self._pending) < self.config.queue_size:
-                self._full_warned = False
+                # Warned again only once the queue has drained to half: a broker that keeps
+                # up just short of the event rate would otherwise get a warning every second.
+                if len(self._pending) <= self.config.queue_size // 2:
+                    self._full_warned = False
                 return True
             self._drop_event()
             return False
@@ -233,6 +236,8 @@ class MqttPublisher:
                 reason,
                 self._meanwhile(),
             )
+            # paho then reports the same refusal as a disconnect: not another problem to name.
+            self._connect_warned = True
             return
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
         self.stats.connected, self._connect_warned = True, False
