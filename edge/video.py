@@ -19,6 +19,8 @@ V4L2 backend, which takes no such lock.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -151,6 +153,21 @@ def _reason(error: Exception) -> str:
     return getattr(error, "strerror", None) or type(error).__name__
 
 
+def _device_problem(source: int | str) -> str:
+    """Why a V4L2 device would not open, where the file system can tell: OpenCV cannot."""
+    path = f"/dev/video{source}" if isinstance(source, int) else str(source)
+    try:
+        if not stat.S_ISCHR(os.stat(path).st_mode):
+            return f" ({path} is not a video device)"
+    except FileNotFoundError:
+        return f" ({path} does not exist: unplugged, or another index?)"
+    except OSError as error:
+        return f" ({path}: {error.strerror})"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return f" (permission denied on {path}: is the daemon's user in group video?)"
+    return ""
+
+
 class V4l2Source:
     """A USB camera through OpenCV's V4L2 backend."""
 
@@ -161,7 +178,7 @@ class V4l2Source:
         self._capture = cv2.VideoCapture(camera.source, cv2.CAP_V4L2)
         if not self._capture.isOpened():
             self._capture.release()
-            raise OSError(f"cannot open {camera.masked_source()}")
+            raise OSError(f"cannot open {camera.masked_source()}{_device_problem(camera.source)}")
 
     def frames(self) -> Iterator[np.ndarray]:
         while True:

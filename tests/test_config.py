@@ -80,6 +80,7 @@ mqtt: {host: localhost, username: edge, password: hunter2}
             "detector.min_size",
         ),
         ("cameras: [{name: a, source: 'rtsp://'}]", "a rtsp URL needs a host"),
+        ("cameras: [{name: a, source: ' rtsp://h/x'}]", "starts or ends with white space"),
     ],
     ids=[
         "typo",
@@ -103,6 +104,7 @@ mqtt: {host: localhost, username: edge, password: hunter2}
         "workers-on",
         "huge-min-size",
         "url-without-host",
+        "source-with-space",
     ],
 )
 def test_bad_configuration_exits_2_naming_the_key(tmp_path, text, expected):
@@ -148,3 +150,11 @@ def test_a_bracketed_ipv6_broker_address_is_used_as_an_address(tmp_path):
     result = run_cli("edge", "check-config", "--config", config)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["mqtt"]["host"] == "::1"
+
+
+def test_an_upper_case_stream_scheme_is_what_ffmpeg_can_open(tmp_path):
+    """FFmpeg answered ``RTSP://`` with "Protocol not found", at every retry, forever."""
+    config = write(tmp_path, "cameras: [{name: a, source: 'RTSP://192.0.2.1/live'}]\n")
+    result = run_cli("edge", "check-config", "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cameras"][0]["source"] == "rtsp://192.0.2.1/live"

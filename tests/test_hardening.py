@@ -329,6 +329,7 @@ def test_a_missing_usb_camera_is_said_once_not_at_every_retry(daemons):  # noqa:
     assert daemon.stop() == 0
     log = daemon.log()
     assert log.count("camera usb: cannot open 7") == 1, log
+    assert "/dev/video7 does not exist" in log, log  # why, where the file system can tell
     assert "VIDEOIO" not in log and "WARN:" not in log, log
 
 

@@ -42,6 +42,8 @@ class CameraConfig(Section):
             return value
         if not isinstance(value, str):
             return value  # pydantic names the wrong type
+        if value != value.strip():
+            raise ValueError("starts or ends with white space (quote the value without it)")
         scheme = urlsplit(value).scheme.lower() if ":" in value else ""
         if value.startswith("/dev/"):
             return value
@@ -53,7 +55,8 @@ class CameraConfig(Section):
             address = value.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
             if not address:
                 raise ValueError(f"a {scheme} URL needs a host ({scheme}://host/path)")
-            return value
+            # FFmpeg knows its protocols by their lower-case names only.
+            return scheme + value[len(scheme) :]
         if "://" in value:
             raise ValueError(
                 f"unsupported stream scheme {scheme!r} (use {', '.join(STREAM_SCHEMES)})"
