@@ -18,6 +18,9 @@ PLOT_FORMATS = (".png", ".pdf", ".svg")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
+TRAINING_MODULES = ("tensorflow", "keras", "tf_keras")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -28,6 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"convert {args.name}: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in TRAINING_MODULES:
+            raise
+        # The daemon's install (and its Docker image) has the toolchain without TensorFlow:
+        # evaluate of a .tflite runs there, training and export do not.
+        print(
+            f"convert {args.name}: error: needs TensorFlow, which is not installed: "
+            "pip install 'edge-emotion[convert]'",
+            file=sys.stderr,
+        )
+        return 2
     except OSError as error:
         # An output path that cannot be made (a file where a folder must go, no permission, a
         # name too long, a full disk): the input files were checked before anything ran.

@@ -466,3 +466,19 @@ def test_an_interrupted_run_keeps_the_model_at_out_and_resumes(tmp_path):
     history = json.loads(out.with_suffix(".history.json").read_text())
     assert history["finished"] and len(history["epochs"]) == 12
     assert not partial.exists() and not (tmp_path / "m.partial.backup").exists()
+
+
+def test_training_without_tensorflow_installed_says_which_extra_to_install(tmp_path):
+    """The daemon's install has the `convert` command but not TensorFlow: a traceback ending in
+    ModuleNotFoundError was all a user got."""
+    code = (
+        "import sys; sys.modules['keras'] = sys.modules['tensorflow'] = None; "
+        "from convert.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = ["train", "--data", str(SAMPLE_CSV), "--out", str(tmp_path / "m.keras")]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2, result.stderr
+    assert "needs TensorFlow" in result.stderr and "edge-emotion[convert]" in result.stderr
+    assert "Traceback" not in result.stderr
