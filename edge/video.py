@@ -102,11 +102,14 @@ class FFmpegSource:
             self._container = av.open(str(camera.source), options=options, timeout=timeout)
         except (av.FFmpegError, OSError, ValueError) as error:
             raise OSError(f"cannot open {camera.masked_source()}: {_reason(error)}") from None
+        if not self._container.streams.video:
+            self.close()
+            raise OSError(f"cannot open {camera.masked_source()}: it has no video stream")
         try:
             self._stream = self._container.streams.video[0]
             codec = self._stream.codec_context
             codec.thread_count, codec.thread_type = 1, "NONE"
-        except (IndexError, av.FFmpegError, RuntimeError) as error:
+        except (av.FFmpegError, RuntimeError) as error:
             self.close()
             raise OSError(f"cannot open {camera.masked_source()}: no video ({error})") from None
         rate = self._stream.average_rate or self._stream.guessed_rate

@@ -381,6 +381,23 @@ def test_a_camera_that_closes_after_each_frame_is_not_hammered(daemons, tmp_path
     assert log.count("camera snap: stream stopped delivering frames") == 1, log
 
 
+def test_a_sound_file_as_a_camera_is_named_as_having_no_video(daemons, tmp_path):  # noqa: F811
+    """It said "no video (tuple index out of range)": Python's words, not the user's problem."""
+    import wave
+
+    sound = tmp_path / "doorbell.wav"
+    with wave.open(str(sound), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"\0\0" * 8000)
+    daemon = daemons({"cameras": [{"name": "bell", "source": str(sound)}]})
+    assert daemon.proc.wait(timeout=30) == 0  # its only source ended: nothing to retry
+    log = daemon.log()
+    assert "camera bell: cannot open" in log and "it has no video stream" in log, log
+    assert "tuple index" not in log
+
+
 def huge_png(path, width: int, height: int) -> None:
     """A valid gray PNG of a few hundred KB that decodes to width x height pixels."""
     import struct
