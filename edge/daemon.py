@@ -16,7 +16,7 @@ from edge.comms import Publisher
 from edge.comms.mqtt import MqttPublisher
 from edge.comms.stdout import StdoutPublisher
 from edge.config import ConfigError, EdgeConfig
-from edge.emotions import EmotionClassifier
+from edge.emotions import EmotionClassifier, ModelError
 from edge.faces import FaceDetector, FaceScanner
 from edge.metrics import Metrics
 from edge.pipeline import AnalysisPool, CameraAnalysis
@@ -195,9 +195,8 @@ class Daemon:
         if self.reread is not None:
             try:
                 config = self.reread()
-                if not os.access(config.model.path, os.R_OK):
-                    raise ConfigError(f"{config.model.path}: model file not found or unreadable")
-            except ConfigError as error:
+                EmotionClassifier(config.model.path)  # the model start-up would load
+            except (ConfigError, ModelError) as error:
                 log.error("reload refused, still running the previous configuration: %s", error)
                 return
         self.reload_requested = True

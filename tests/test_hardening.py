@@ -247,14 +247,25 @@ def test_reloads_while_starting_up_never_kill_the_daemon(tmp_path):
     assert "Traceback" not in log.read_text()
 
 
-def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(daemons):  # noqa: F811
+@pytest.mark.parametrize("broken", ["fps", "model"])
+def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(
+    daemons,  # noqa: F811
+    tmp_path,
+    broken,
+):
     """A typo saved before a reload stopped the daemon with exit code 2, which supervisors do
-    not restart: every camera dark until someone looked."""
-    daemon = daemons({"cameras": [{"name": "clip", "source": str(CLIP), "loop": True, "fps": 5}]})
+    not restart: every camera dark until someone looked. A model start-up would refuse (here:
+    without its metadata) is refused by the reload just the same."""
+    good = {"name": "clip", "source": str(CLIP), "loop": True, "fps": 5}
+    daemon = daemons({"cameras": [good]})
     daemon.wait_metric('edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 1, 30)
     camera = {"name": "clip", "source": "rtsp://admin:hunter2@192.0.2.1/x", "fps": -1}
-    broken = {"cameras": [camera]}
-    daemon.config.write_text(yaml.safe_dump(broken))
+    config = {"cameras": [camera]}
+    if broken == "model":
+        model = tmp_path / "bare.tflite"
+        model.write_bytes(b"\0\0\0\0TFL3" + bytes(64))
+        config = {"cameras": [{**camera, "fps": 5}], "model": {"path": str(model)}}
+    daemon.config.write_text(yaml.safe_dump(config))
     daemon.proc.send_signal(signal.SIGHUP)
     log = daemon.wait_log(lambda text: "reload refused" in text, timeout=30)
     before = daemon.metrics()['edge_emotion_frames_processed_total{camera="clip"}']
@@ -263,7 +274,8 @@ def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(daemons):
     )
     assert daemon.stop() == 0
     line = next(line for line in log.splitlines() if "reload refused" in line)
-    assert "still running the previous configuration" in line and "cameras.0.fps" in line
+    assert "still running the previous configuration" in line
+    assert ("cameras.0.fps" if broken == "fps" else "model metadata not found") in line
     assert "hunter2" not in daemon.log()
 
 
