@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from convert import EMOTIONS, ConvertError
-from edge.cli import OneLineParser
+from edge.cli import OneLineParser, prog
 
 # What ``evaluate --plot`` can write (matplotlib picks the format from the suffix).
 PLOT_FORMATS = (".png", ".pdf", ".svg")
@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     from convert.recipe import AUGMENTATIONS, LABELS, QatRecipe, Recipe
 
     defaults = Recipe()
-    top = OneLineParser(prog="python -m convert", description=__doc__)
+    top = OneLineParser(prog=prog("convert", "edge-emotion-convert"), description=__doc__)
     commands = top.add_subparsers(required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train the emotion classifier on FER2013")

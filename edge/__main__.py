@@ -31,7 +31,7 @@ import os  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from edge.cli import OneLineParser  # noqa: E402
+from edge.cli import OneLineParser, prog  # noqa: E402
 from edge.config import ConfigError, EdgeConfig, load_config  # noqa: E402
 from edge.emotions import ModelError  # noqa: E402
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = OneLineParser(prog="python -m edge", description=__doc__)
+    top = OneLineParser(prog=prog("edge", "edge-emotion"), description=__doc__)
     commands = top.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon")

@@ -19,6 +19,16 @@ from edge.emotions import EmotionClassifier, native_stderr_silenced
 from edge.faces import FaceDetector, crop, to_gray
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
+ANIMATED_SUFFIXES = {".gif"}  # OpenCV reads one frame of these; FFmpeg reads them all
+
+
+def is_image(path: Path) -> bool:
+    """By name, else by content: a photo saved as ``.jfif`` or without an extension is a photo
+    (and gets the image path's pixel limit and EXIF rotation), not a one-frame video."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    return suffix not in ANIMATED_SUFFIXES and cv2.haveImageReader(str(path))
 
 
 def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
@@ -56,7 +66,7 @@ def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
         raise OSError(f"{path}: no such file")
     if not path.is_file():
         raise OSError(f"{path}: not a regular file (a device or a pipe), not an image or video")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_image(path):
         try:
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         except cv2.error:  # OpenCV refuses sizes over the limit before decoding

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import NoReturn
+
+
+def prog(module: str, script: str) -> str:
+    """The name the user typed, for usage lines: the console script (``edge-emotion run``) or
+    ``python -m edge``; one of them printed for the other is a command that does not exist."""
+    return script if os.path.basename(sys.argv[0]) == script else f"python -m {module}"
 
 
 class OneLineParser(argparse.ArgumentParser):

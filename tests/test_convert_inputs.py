@@ -254,6 +254,16 @@ def test_usage_errors_are_one_line_with_exit_code_2(args, message):
     assert message in result.stderr and result.stderr.rstrip().endswith("(see --help)")
 
 
+@pytest.mark.parametrize("script", ["edge-emotion", "edge-emotion-convert"])
+def test_a_console_script_names_itself_in_its_usage(script):
+    """`edge-emotion --help` printed `usage: python -m edge`: a command the user had not typed."""
+    path = Path(sys.executable).parent / script  # installed with the project (pyproject scripts)
+    result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith(f"usage: {script} "), result
+    result = subprocess.run([path, "bogus"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith(f"{script}: error: "), result
+
+
 # --- data ---------------------------------------------------------------------------------
 
 

@@ -426,12 +426,15 @@ def huge_png(path, width: int, height: int) -> None:
     )
 
 
-def test_analyze_skips_an_image_too_large_to_decode_and_goes_on(tmp_path):
-    huge = tmp_path / "huge.png"
+@pytest.mark.parametrize("name", ["huge.png", "huge", "huge.jfif"])
+def test_analyze_skips_an_image_too_large_to_decode_and_goes_on(tmp_path, name):
+    """Also a photo whose name does not say it is one: known by its content, not handed to
+    FFmpeg as a one-frame video (which decoded all 400 megapixels)."""
+    huge = tmp_path / name
     huge_png(huge, 20000, 20000)
     result = run_cli("edge", "analyze", huge, CLIP, "--json")
     assert result.returncode == 1  # one file failed
-    assert "huge.png: larger than 50 megapixels, skipped" in result.stderr
+    assert f"{name}: larger than 50 megapixels, skipped" in result.stderr
     assert "Traceback" not in result.stderr
     assert '"source": "' + str(CLIP) in result.stdout  # the next file was still analysed
 
