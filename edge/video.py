@@ -18,6 +18,7 @@ V4L2 backend, which takes no such lock.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -49,10 +50,10 @@ REFUSED_BACKOFF_MAX_S = 60.0
 REFUSALS = ("Server returned 401", "Server returned 403", "Server returned 404")
 FULL_RANGE = 2  # AVCOL_RANGE_JPEG
 LIMITED_TO_FULL = np.clip((np.arange(256) - 16) * 255 / 219 + 0.5, 0, 255).astype(np.uint8)
-# TCP: no UDP packet loss smearing frames. FFmpeg probes a stream for 5 s (analyzeduration)
-# before handing over its first frame; half a second is several frames of any camera and the
-# SDP names the codec, so an RTSP open took 0.4 s instead of 2 s here.
-STREAM_OPTIONS = {"rtsp_transport": "tcp", "analyzeduration": "500000", "probesize": "100000"}
+# FFmpeg probes a stream for 5 s (analyzeduration) before handing over its first frame; half a
+# second is several frames of any camera and the SDP names the codec, so an RTSP open took 0.4 s
+# instead of 2 s here. The RTSP transport is the camera's setting (CameraConfig.rtsp_transport).
+STREAM_OPTIONS = {"analyzeduration": "500000", "probesize": "100000"}
 # Pixel formats whose first plane is the 8-bit luma, i.e. the gray frame, as it is.
 LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
 
@@ -96,12 +97,15 @@ class FFmpegSource:
 
     def __init__(self, camera: CameraConfig) -> None:
         self.camera = camera
-        options = dict(STREAM_OPTIONS) if camera.kind == "stream" else {}
+        options = {}
+        if camera.kind == "stream":
+            options = {**STREAM_OPTIONS, "rtsp_transport": camera.rtsp_transport}
         timeout = (camera.open_timeout_s, camera.read_timeout_s)
         try:
             self._container = av.open(str(camera.source), options=options, timeout=timeout)
         except (av.FFmpegError, OSError, ValueError) as error:
-            raise OSError(f"cannot open {camera.masked_source()}: {_reason(error)}") from None
+            hint = _transport_hint(camera, error)
+            raise OSError(f"cannot open {camera.masked_source()}: {_reason(error)}{hint}") from None
         if not self._container.streams.video:
             self.close()
             raise OSError(f"cannot open {camera.masked_source()}: it has no video stream")
@@ -154,6 +158,17 @@ def _refused(error: str) -> bool:
 def _reason(error: Exception) -> str:
     """FFmpeg's words without the URL (which may carry credentials) that PyAV appends."""
     return getattr(error, "strerror", None) or type(error).__name__
+
+
+def _transport_hint(camera: CameraConfig, error: Exception) -> str:
+    """An RTSP server that refuses the transport answers 461, which FFmpeg reports as
+    "Protocol not supported": name the setting that fixes it."""
+    if getattr(error, "errno", None) != errno.EPROTONOSUPPORT:
+        return ""
+    if not str(camera.source).startswith(("rtsp://", "rtsps://")):
+        return ""
+    other = "udp" if camera.rtsp_transport == "tcp" else "tcp"
+    return f" (the camera refuses RTSP over {camera.rtsp_transport}: try rtsp_transport: {other})"
 
 
 def _device_problem(source: int | str) -> str:

@@ -17,8 +17,9 @@ import sys
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 
 def main() -> None:
@@ -38,6 +39,11 @@ def main() -> None:
         "--shared",
         action="store_true",
         help="one encoder for all clients (late joiners may see broken frames until a key frame)",
+    )
+    parser.add_argument(
+        "--udp-only",
+        action="store_true",
+        help="refuse interleaved TCP (461 Unsupported transport), as some cameras do",
     )
     args = parser.parse_args()
 
@@ -60,6 +66,8 @@ def main() -> None:
         factory = GstRtspServer.RTSPMediaFactory()
         factory.set_launch(launch)
         factory.set_shared(args.shared)
+        if args.udp_only:
+            factory.set_protocols(GstRtsp.RTSPLowerTrans.UDP)
         server.get_mount_points().add_factory(path, factory)
     if server.attach(None) == 0:
         sys.exit(f"cannot listen on 127.0.0.1:{args.port}")

@@ -156,8 +156,10 @@ class RtspServer:
         port: int | None = None,
         fps: int = 15,
         pre_encoded: bool = False,
+        udp_only: bool = False,
     ):
         self.clip, self.paths, self.fps, self.pre_encoded = clip, paths, fps, pre_encoded
+        self.udp_only = udp_only
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -171,6 +173,8 @@ class RtspServer:
             args += ["--path", path]
         if self.pre_encoded:
             args.append("--pre-encoded")
+        if self.udp_only:
+            args.append("--udp-only")
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )

@@ -349,6 +349,29 @@ def test_camera_recovers_after_stream_returns_and_others_keep_flowing(daemons):
         steady.stop()
 
 
+def test_a_camera_that_streams_only_over_udp_is_read_with_rtsp_transport_udp(daemons):
+    """TCP is the default; a camera that refuses it is named with the setting that fixes it,
+    and the other transport reads it."""
+    server = RtspServer(CLIP, udp_only=True).start()
+    try:
+        daemon = daemons(
+            {
+                "cameras": [
+                    {"name": "tcp", "source": server.url(), "fps": 5},
+                    {"name": "udp", "source": server.url(), "fps": 5, "rtsp_transport": "udp"},
+                ],
+            }
+        )
+        daemon.wait_metric(
+            'edge_emotion_frames_read_total{camera="udp"}', lambda v: v >= 10, timeout=30
+        )
+        daemon.wait_log(lambda log: "try rtsp_transport: udp" in log, timeout=10)
+        assert daemon.metrics()['edge_emotion_camera_up{camera="tcp"}'] == 0
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        server.stop()
+
+
 def test_cameras_that_hang_never_delay_a_live_camera_start_or_recovery(daemons):
     """Three endpoints that accept and never answer, with a 30 s timeout each: were opens
     serialised (as in OpenCV's FFmpeg backend), the good camera would wait for them."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -25,6 +26,9 @@ class CameraConfig(Section):
     loop: bool = Field(False, description="restart a video file at its end (demos)")
     open_timeout_s: float = Field(5.0, gt=0, le=60)
     read_timeout_s: float = Field(5.0, gt=0, le=60)
+    # RTSP only. TCP by default: no UDP packet loss smearing frames, and it crosses NAT and
+    # firewalls; some cameras (and multicast setups) serve UDP only.
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
 
     @field_validator("source", mode="before")
     @classmethod
