@@ -158,3 +158,54 @@ def test_an_upper_case_stream_scheme_is_what_ffmpeg_can_open(tmp_path):
     result = run_cli("edge", "check-config", "--config", config)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["cameras"][0]["source"] == "rtsp://192.0.2.1/live"
+
+
+def test_one_camera_setting_comes_from_the_environment_by_index(tmp_path, monkeypatch):
+    """A camera password kept out of the file (the unit's EnvironmentFile, a container's
+    environment): EDGE_CAMERAS__0__SOURCE sets camera 0's source and keeps its other keys; the
+    next index adds a camera."""
+    config = write(tmp_path, "cameras: [{name: door, source: 'rtsp://192.0.2.10/live', fps: 3}]\n")
+    monkeypatch.setenv("EDGE_CAMERAS__0__SOURCE", "rtsp://admin:s3cret@192.0.2.10/live")
+    monkeypatch.setenv("EDGE_CAMERAS__1__NAME", "hall")
+    monkeypatch.setenv("EDGE_CAMERAS__1__SOURCE", str(CLIP))
+    monkeypatch.setenv("EDGE_CAMERAS__1__FPS", "2")
+    result = run_cli("edge", "check-config", "--config", config)
+    assert result.returncode == 0, result.stderr
+    door, hall = json.loads(result.stdout)["cameras"]
+    assert door["source"] == "rtsp://***:***@192.0.2.10/live" and door["fps"] == 3
+    assert (hall["name"], hall["source"], hall["fps"]) == ("hall", str(CLIP), 2)
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        (
+            {"EDGE_CAMERAS__2__SOURCE": "rtsp://u:s3cret@h/x"},
+            "environment: EDGE_CAMERAS__2__SOURCE: there is no camera 2 to set "
+            "(camera 0 exists; a new one takes the next index, 1)",
+        ),
+        (
+            {"EDGE_CAMERAS__1__SOURCE": "rtsp://u:s3cret@h/x"},
+            "environment: invalid configuration: cameras.1.name: Field required "
+            "(from EDGE_CAMERAS__1__SOURCE)",
+        ),
+        (
+            {"EDGE_CAMERAS__0__PASWORD": "s3cret"},
+            "environment: invalid configuration: cameras.0.pasword: unknown key "
+            "(from EDGE_CAMERAS__0__PASWORD)",
+        ),
+        (
+            {"EDGE_CAMERAS__0__FPS": "5", "EDGE_CAMERAS": '[{"name": "a", "source": "0"}]'},
+            "environment: EDGE_CAMERAS__0__FPS and EDGE_CAMERAS both set the cameras: "
+            "use one or the other",
+        ),
+    ],
+)
+def test_a_wrong_camera_variable_is_named(tmp_path, monkeypatch, variables, expected):
+    config = write(tmp_path, f"cameras: [{{name: door, source: {CLIP}}}]\n")
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    result = run_cli("edge", "check-config", "--config", config)
+    assert result.returncode == 2
+    assert result.stderr == f"edge check-config: error: {expected}\n"

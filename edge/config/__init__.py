@@ -156,7 +156,9 @@ class EdgeConfig(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment first: EDGE_MQTT__HOST overrides the file, as operators expect.
-        return env_settings, init_settings
+        # EDGE_CAMERAS__<n>__* are merged into the file's list by load_config, not here
+        # (pydantic-settings would make the list a mapping {"0": ...}).
+        return _WithoutCameraVariables(settings_cls, env_settings), init_settings
 
     def masked(self) -> dict[str, Any]:
         """The effective configuration with passwords and URL credentials hidden."""
@@ -171,6 +173,68 @@ class EdgeConfig(BaseSettings):
         return data
 
 
+class _WithoutCameraVariables(PydanticBaseSettingsSource):
+    """The environment's settings less ``EDGE_CAMERAS__<n>__*`` (see ``_camera_variables``)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._env.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._env()
+        if isinstance(data.get("cameras"), dict):  # only indexed variables make a mapping
+            del data["cameras"]
+        return data
+
+
+CAMERA_VARIABLE = re.compile(rf"(?i)^{ENV_PREFIX}CAMERAS__(\d+)__(.+)$")
+
+
+def _camera_variables(raw: dict[str, Any]) -> dict[str, Any]:
+    """``EDGE_CAMERAS__0__SOURCE=rtsp://user:pass@…`` sets camera 0's source (a password kept
+    out of the file, in the unit's EnvironmentFile or a container's environment); an index
+    one past the file's cameras adds one (``…__1__NAME`` and ``…__1__SOURCE``)."""
+    found = sorted(
+        (int(m.group(1)), m.group(2).lower().split("__"), name)
+        for name in os.environ
+        if (m := CAMERA_VARIABLE.match(name))
+    )
+    if not found:
+        return raw
+    if any(name.upper() == f"{ENV_PREFIX}CAMERAS" for name in os.environ):
+        raise ConfigError(
+            f"environment: {found[0][2]} and {ENV_PREFIX}CAMERAS both set the cameras: "
+            "use one or the other"
+        )
+    cameras = raw.get("cameras")
+    cameras = [dict(c) if isinstance(c, dict) else c for c in cameras or []]
+    if not isinstance(raw.get("cameras", []), list):
+        return raw  # the file's own problem, which validation names
+    for index, keys, name in found:
+        if index > len(cameras):
+            have = f"cameras 0-{len(cameras) - 1} exist" if len(cameras) > 1 else "camera 0 exists"
+            raise ConfigError(
+                f"environment: {name}: there is no camera {index} to set ({have}; a new "
+                f"one takes the next index, {len(cameras)})"
+                if cameras
+                else f"environment: {name}: there is no camera {index} (the first camera is 0)"
+            )
+        if index == len(cameras):
+            cameras.append({})
+        if not isinstance(cameras[index], dict):
+            return raw  # not a mapping in the file: validation names it
+        target = cameras[index]
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"environment: {name}: {key} is not a section")
+        target[keys[-1]] = os.environ[name]
+    return {**raw, "cameras": cameras}
+
+
 def load_config(
     path: str | os.PathLike | None, defaults: dict[str, Any] | None = None
 ) -> EdgeConfig:
@@ -180,6 +244,7 @@ def load_config(
         raw = _read_yaml(Path(path))
     where = f"{path}: " if path else ""
     _refuse_unknown_variables()
+    raw = _camera_variables(raw)
     try:
         return EdgeConfig(**raw)
     except ValidationError as error:
@@ -216,12 +281,19 @@ def _refuse_unknown_variables() -> None:
 def _source_of(error: ValidationError, path: str | os.PathLike | None) -> str:
     """Where the problems are: an operator told to look in the file for a value that came from
     the unit's environment would look in the wrong place."""
-    from_variables = [_variable_for(problem["loc"]) is not None for problem in error.errors()]
+    from_variables = [_variable_of(problem) is not None for problem in error.errors()]
     if all(from_variables):
         return "environment: "
     if path is None:
         return ""
     return f"{path} and environment: " if any(from_variables) else f"{path}: "
+
+
+def _variable_of(problem: dict) -> str | None:
+    """A missing key is named by its section's variables (``cameras.1.name`` missing in a camera
+    that ``EDGE_CAMERAS__1__SOURCE`` added)."""
+    loc = problem["loc"]
+    return _variable_for(loc[:-1] if problem["type"] == "missing" and len(loc) > 1 else loc)
 
 
 def _variable_for(loc: tuple) -> str | None:
@@ -359,5 +431,5 @@ def _shown(problem: dict, key: str) -> str:
 
 
 def _from_variable(problem: dict) -> str:
-    variable = _variable_for(problem["loc"])
+    variable = _variable_of(problem)
     return f" (from {variable})" if variable else ""
