@@ -164,3 +164,32 @@ def test_a_client_flooding_home_assistant_online_cannot_evict_events(broker, dae
     log = daemon.log()
     assert log.count("arrives more often than every") == 1
     assert log.count("announcing the sensors again") <= 2
+
+
+def test_a_camera_removed_from_the_configuration_leaves_no_sensor_behind(broker, daemons):  # noqa: F811
+    """Renamed or removed, its retained state and discovery configs would otherwise show Home
+    Assistant a camera that no longer exists, 'available' with its last state, forever."""
+    mqtt_config = {"host": "127.0.0.1", "port": broker.port, "homeassistant": {"enabled": True}}
+    camera = {"source": str(CLIP), "loop": True, "fps": 5}
+    two = [{"name": "door", **camera}, {"name": "desk", **camera}]
+    first = daemons({"device_id": "hall", "cameras": two, "mqtt": mqtt_config})
+    desk = {
+        "edge-emotion/hall/desk/state",
+        "homeassistant/sensor/hall/desk_emotion/config",
+        "homeassistant/sensor/hall/desk_faces/config",
+    }
+    seen = Subscriber(broker.port, "#", client_id="watcher")
+    seen.wait_for(lambda ms: desk <= {m.topic for m in ms if m.payload}, timeout=30)
+    assert first.stop() == 0, first.log()
+
+    second = daemons({"device_id": "hall", "cameras": two[:1], "mqtt": mqtt_config})
+    cleared = seen.wait_for(lambda ms: desk <= {m.topic for m in ms if not m.payload}, timeout=30)
+    seen.close()
+    assert not [m.topic for m in cleared if "door" in m.topic and not m.payload]  # kept
+    late = Subscriber(broker.port, "#", client_id="late")
+    door = {"homeassistant/sensor/hall/door_emotion/config", "edge-emotion/hall/door/state"}
+    kept = late.wait_for(lambda ms: door <= {m.topic for m in ms}, timeout=15)
+    late.close()
+    assert not desk & {m.topic for m in kept}
+    assert "camera 'desk' is no longer configured" in second.log()
+    assert second.stop() == 0, second.log()

@@ -34,6 +34,26 @@ def state_topic(base: str, camera: str) -> str:
     return f"{base}/{camera}/state"
 
 
+def sensor_topics(config: HomeAssistantConfig, device_id: str) -> str:
+    """The subscription that finds every sensor config this device has announced."""
+    return f"{config.discovery_prefix}/sensor/{device_id}/+/config"
+
+
+def camera_of(topic: str, base: str, config: HomeAssistantConfig, device_id: str) -> str | None:
+    """The camera a state topic or one of this device's sensor configs belongs to, else None."""
+    if topic.startswith(base + "/") and topic.endswith("/state"):
+        camera = topic[len(base) + 1 : -len("/state")]
+        return camera if "/" not in camera else None
+    prefix = f"{config.discovery_prefix}/sensor/{device_id}/"
+    if not (topic.startswith(prefix) and topic.endswith("/config")):
+        return None
+    object_id = topic[len(prefix) : -len("/config")]
+    for suffix in SENSORS:
+        if object_id.endswith(f"_{suffix}"):
+            return object_id[: -len(suffix) - 1]
+    return None
+
+
 def discovery_messages(
     config: HomeAssistantConfig, base: str, device_id: str, cameras: Sequence[str]
 ) -> list[tuple[str, bytes]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from edge.comms import PublisherStats
-from edge.comms.homeassistant import discovery_messages, state_topic
+from edge.comms.homeassistant import camera_of, discovery_messages, sensor_topics, state_topic
 from edge.comms.spool import Spool
 from edge.config import ConfigError, MqttConfig, TlsConfig
 from edge.events import CameraState, Event
@@ -71,6 +71,7 @@ class MqttPublisher:
         self._closing = False  # our own disconnect at shutdown is not an outage to warn about
         self._connect_warned = False  # one warning per outage for failed connection attempts
         self._states: dict[str, CameraState] = {}  # latest per camera, republished on connect
+        self._cleared: set[str] = set()  # removed cameras whose retained topics were cleared
         self._last_announce = float("-inf")  # monotonic time of the last discovery announcement
         self._announce_timer: threading.Timer | None = None
         self._flood_warned = False
@@ -250,8 +251,12 @@ class MqttPublisher:
             states = list(self._states.values())
         for state in states:
             self._send_state(client, state)
+        # Retained topics of cameras no longer configured (renamed or removed): found here,
+        # cleared in _on_message, or Home Assistant shows their last state as current forever.
+        client.subscribe(state_topic(self.base, "+"), qos=1)
         if self.config.homeassistant.enabled:
             client.subscribe(self.config.homeassistant.status_topic, qos=1)
+            client.subscribe(sensor_topics(self.config.homeassistant, self.device_id), qos=1)
             with self._lock:
                 self._last_announce = time.monotonic()
             self.announce()
@@ -261,8 +266,25 @@ class MqttPublisher:
             self._check_instance(message.payload.decode(errors="replace"))
             return
         ha = self.config.homeassistant
-        if ha.enabled and message.topic == ha.status_topic and message.payload == b"online":
-            self._announce_soon()
+        if ha.enabled and message.topic == ha.status_topic:
+            if message.payload == b"online":
+                self._announce_soon()
+            return
+        if message.retain and message.payload:  # what the broker kept, not our live publishes
+            self._clear_if_removed(client, message.topic)
+
+    def _clear_if_removed(self, client: mqtt.Client, topic: str) -> None:
+        """An empty retained message deletes the retained one (and, for a discovery config, the
+        Home Assistant entity): what a camera left behind that the configuration has dropped."""
+        camera = camera_of(topic, self.base, self.config.homeassistant, self.device_id)
+        if camera is None or camera in self.cameras:
+            return
+        client.publish(topic, b"", qos=1, retain=True)
+        if camera not in self._cleared:
+            self._cleared.add(camera)
+            log.info(
+                "camera %r is no longer configured: clearing its retained state and sensors", camera
+            )
 
     def _check_instance(self, other: str) -> None:
         """Two daemons with one device id (cloned SD cards: the host name is the default) share
