@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,6 +16,7 @@ from prometheus_client import (
     Histogram,
     Info,
     ProcessCollector,
+    disable_created_metrics,
     start_http_server,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,8 +31,14 @@ IDLE_TIMEOUT_S = 10
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
 
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No <name>_created series: one more per counter and histogram label set, which
+        # Prometheus' text format does not need (process-wide in prometheus_client).
+        disable_created_metrics()
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.frames_processed = Counter(
@@ -83,7 +91,26 @@ class Metrics:
             return connection, address
 
         server.get_request = get_request
+        server.set_app(_metrics_path_only(server.get_app()))
         return server.server_port
+
+
+def _metrics_path_only(app: WsgiApp) -> WsgiApp:
+    """``/metrics`` only, as the startup line says: prometheus_client answers metrics on any
+    path, which hides a scrape job's wrong path. HEAD (``wget --spider``, uptime checks) is
+    answered like GET, without the body."""
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"404 not found: the metrics are at /metrics\n"]
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            for _ in app({**environ, "REQUEST_METHOD": "GET"}, start_response):
+                pass
+            return []
+        return app(environ, start_response)
+
+    return serve
 
 
 class _StatsCollector(Collector):

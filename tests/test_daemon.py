@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -265,6 +267,38 @@ def test_the_spool_is_kept_until_its_events_are_delivered_and_bad_lines_are_skip
         sub.close()
         broker.stop()
     assert spool.read_text() == theirs + "\n"
+
+
+def test_a_spool_larger_than_the_event_queue_is_delivered_whole(tmp_path, broker, daemons):
+    """mqtt.queue_size lowered since the last run spooled its events: the events beyond the
+    queue wait their turn (already accepted, they are never refused), and the spool file
+    stays until the last of them is delivered."""
+    spool = tmp_path / "state" / "edge-emotion" / "porch.undelivered.jsonl"  # XDG_STATE_HOME
+    spool.parent.mkdir(parents=True)
+    payloads = [json.dumps({"spooled": n}) for n in range(60)]
+    topic = "edge-emotion/porch/door/event"
+    spool.write_text("".join(json.dumps({"topic": topic, "payload": p}) + "\n" for p in payloads))
+    sub = Subscriber(broker.port, topic)
+    sub.wait_subscribed()
+    daemon = daemons(
+        {
+            "device_id": "porch",
+            "cameras": [{"name": "door", "source": str(CLIP), "loop": True}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "queue_size": 8},
+            "tracking": {"heartbeat_s": 0},
+        }
+    )
+    wanted = {p.encode() for p in payloads}
+    received = sub.wait_for(lambda ms: wanted <= {m.payload for m in ms}, timeout=30)
+    sub.close()
+    assert [m.payload for m in received if m.payload in wanted][:60] == sorted(
+        wanted, key=lambda p: json.loads(p)["spooled"]
+    )  # in their order, oldest first
+    deadline = time.monotonic() + 10
+    while spool.exists():  # a file: polled
+        assert time.monotonic() < deadline, spool.read_text()
+        time.sleep(0.1)
+    assert daemon.stop() == 0, daemon.log()
 
 
 def test_without_a_writable_default_spool_place_the_daemon_runs_and_says_so(daemons):
@@ -589,6 +623,30 @@ def test_without_a_broker_no_broker_connection_is_reported(daemons):
     metrics = daemon.metrics()
     assert "edge_emotion_mqtt_connected" not in metrics
     assert metrics["edge_emotion_events_dropped_total"] == 0
+    assert daemon.stop() == 0, daemon.log()
+
+
+def test_metrics_are_served_at_slash_metrics_only_and_answer_health_checks(daemons):
+    """A scrape job with a wrong path gets a 404, not metrics that hide the mistake; HEAD
+    (wget --spider, uptime checks) answers 200; no <name>_created series double the count."""
+    daemon = daemons({"cameras": [{"name": "clip", "source": str(CLIP), "loop": True}]})
+    daemon.wait_metric('edge_emotion_frames_read_total{camera="clip"}', lambda v: v > 0, 30)
+    url = f"http://127.0.0.1:{daemon.metrics_port}"
+
+    def status(path: str, method: str = "GET") -> int:
+        request = urllib.request.Request(url + path, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert [status("/metrics"), status("/metrics", "HEAD")] == [200, 200]
+    assert [status("/"), status("/metric"), status("/metrics/x")] == [404, 404, 404]
+    assert status("/metrics", "POST") == 405
+    names = daemon.metrics()
+    assert 'edge_emotion_frames_processed_total{camera="clip"}' in names
+    assert not [name for name in names if "_created" in name]
     assert daemon.stop() == 0, daemon.log()
 
 

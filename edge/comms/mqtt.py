@@ -19,6 +19,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,6 +67,9 @@ class MqttPublisher:
         self._pending: dict[int, tuple[str, bytes]] = {}
         self.spool = _usable_spool(config, device_id, self.base)
         self._spooled: set[int] = set()  # message ids of the spool's events not yet delivered
+        # The spool's events not yet handed to paho: a spool may hold more than the queue
+        # (queue_size lowered since, events of several runs), and none of them may be lost.
+        self._backlog: deque[tuple[str, bytes]] = deque()
         self._acked_early: dict[int, float] = {}
         self._lock = threading.Lock()
         self._closing = False  # our own disconnect at shutdown is not an outage to warn about
@@ -107,10 +111,8 @@ class MqttPublisher:
 
     def start(self) -> None:
         if self.spool is not None:
-            for topic, payload in self.spool.load():  # the last run's, first: they are older
-                mid = self._send_event(topic, payload)
-                if mid is not None:
-                    self._spooled.add(mid)
+            self._backlog.extend(self.spool.load())  # the last run's, first: they are older
+            self._feed_backlog()
             if not self._spooled:
                 self.spool.save([])
         self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
@@ -119,10 +121,26 @@ class MqttPublisher:
     def publish(self, event: Event) -> None:
         self._send_event(f"{self.base}/{event.camera}/event", event.payload())
 
+    def _feed_backlog(self) -> None:
+        """Hand the last run's events to paho as the queue has room (at start, then as the
+        broker acknowledges): already accepted, they are never refused, only held back."""
+        while True:
+            with self._lock:
+                if not self._backlog or len(self._pending) >= self.config.queue_size:
+                    return
+                topic, payload = self._backlog.popleft()
+            mid = self._hand_over(topic, payload)
+            if mid is not None:
+                with self._lock:
+                    self._spooled.add(mid)
+
     def _send_event(self, topic: str, payload: bytes) -> int | None:
         """Queue one event; returns its message id while it waits for the broker."""
         if self.config.qos > 0 and not self._room_for_event():
             return None
+        return self._hand_over(topic, payload)
+
+    def _hand_over(self, topic: str, payload: bytes) -> int | None:
         # Never call paho while holding our lock: paho holds its own locks while it runs
         # on_publish, which takes ours; the opposite order would deadlock.
         info = self.client.publish(topic, payload, qos=self.config.qos)
@@ -210,8 +228,12 @@ class MqttPublisher:
         with self._drained:
             while self._pending and self.stats.connected and time.monotonic() < deadline:
                 self._drained.wait(deadline - time.monotonic())
-            undelivered = list(self._pending.values())
+            # Oldest first: the last run's events (handed over, then held back), then this run's.
+            undelivered = [event for mid, event in self._pending.items() if mid in self._spooled]
+            undelivered += self._backlog
+            undelivered += [e for mid, e in self._pending.items() if mid not in self._spooled]
             self._spooled.clear()  # from now on the spool is what _keep writes
+            self._backlog.clear()
         self._keep(undelivered)
         if self.stats.connected:
             info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
@@ -419,18 +441,22 @@ class MqttPublisher:
                 del self._pending[mid]
                 if mid in self._spooled:
                     self._spooled.discard(mid)
-                    if not self._spooled and self.spool is not None:
+                    if not self._spooled and not self._backlog and self.spool is not None:
                         self.spool.save([])  # every event of the last run is delivered
                 self.stats.published += 1
                 self.stats.queued = len(self._pending)
                 self._drained.notify_all()
+                backlog = bool(self._backlog)
+            else:
+                # Not registered (yet): a status message, or an event whose publish() has not
+                # returned. Remember it briefly; forget old ones so a reused id is not mistaken.
+                now = time.monotonic()
+                self._acked_early[mid] = now
+                for old in [m for m, t in self._acked_early.items() if now - t > EARLY_ACK_TTL_S]:
+                    del self._acked_early[old]
                 return
-            # Not registered (yet): a status message, or an event whose publish() has not
-            # returned. Remember it briefly; forget old ones so a reused id is not mistaken.
-            now = time.monotonic()
-            self._acked_early[mid] = now
-            for old in [m for m, t in self._acked_early.items() if now - t > EARLY_ACK_TTL_S]:
-                del self._acked_early[old]
+        if backlog:
+            self._feed_backlog()  # outside our lock, as every call into paho
 
 
 def _boot_id() -> str:

@@ -402,7 +402,11 @@ def describe(error: ValidationError) -> str:
     parts = []
     for problem in error.errors():
         key = ".".join(_key_part(str(part)) for part in problem["loc"]) or "(top level)"
-        message = "unknown key" if problem["type"] == "extra_forbidden" else problem["msg"]
+        message = (
+            "unknown key"
+            if problem["type"] == "extra_forbidden"
+            else problem["msg"].removeprefix("Value error, ")  # pydantic's, not the user's
+        )
         if key.endswith("…") and problem["type"] == "extra_forbidden":
             message += " (a space is needed after ':' in key: value)"
         part = f"{key}: {message}{_shown(problem, key)}{_from_variable(problem)}"

@@ -32,6 +32,21 @@ def host_only(value: str) -> str:
     return value.removeprefix("[").removesuffix("]")
 
 
+def no_qos_2(value: int) -> int:
+    """QoS 2 is refused, not offered: after a broker restart (kill, power loss) paho resends
+    its unfinished QoS 2 exchanges and mosquitto, which lost them, drops the connection
+    ("Reused message ID"), again at every reconnect, so no event is delivered again. QoS 1
+    with ``event_id`` gives what QoS 2 promised: each event once, deduplicated by its id."""
+    if value == 2:
+        raise ValueError(
+            "2 is not supported (after a broker restart, unfinished QoS 2 exchanges make the "
+            "connection fail at every reconnect): use 1 and deduplicate on event_id"
+        )
+    if value > 2:
+        raise ValueError("expected 0 (at most once) or 1 (at least once)")
+    return value
+
+
 Host = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(host_only)]
 # Topic levels without wildcards or blanks; not starting with "$" (reserved for the broker's
 # own topics, such as $SYS: a client cannot publish there).
@@ -70,7 +85,7 @@ class MqttConfig(Section):
     host: Host
     port: int = Field(1883, ge=1, le=65535)
     topic_prefix: str = Field("edge-emotion", pattern=TOPIC_LEVEL, max_length=128)
-    qos: int = Field(1, ge=0, le=2)
+    qos: Annotated[int, Field(ge=0), AfterValidator(no_qos_2)] = 1
     client_id: str | None = Field(
         None, min_length=1, max_length=128, description="default: edge-emotion-<device_id>"
     )
@@ -82,7 +97,7 @@ class MqttConfig(Section):
     queue_size: int = Field(10000, ge=1, le=60000)  # MQTT message ids wrap at 65535
     reconnect_max_s: float = Field(30.0, ge=1, le=600)
     # Events still undelivered when the daemon stops (SIGTERM, a reload, the broker away) are
-    # written to the spool and sent at the next start (qos 1 and 2). Default file: in
+    # written to the spool and sent at the next start (qos 1). Default file: in
     # $STATE_DIRECTORY (systemd's StateDirectory=), else $XDG_STATE_HOME or ~/.local/state,
     # under edge-emotion/, one per device_id.
     spool: bool = True
