@@ -88,6 +88,10 @@ mqtt: {host: localhost, username: edge, password: hunter2}
         ),
         ("cameras: [{name: a, source: 'rtsp://'}]", "a rtsp URL needs a host"),
         ("cameras: [{name: a, source: ' rtsp://h/x'}]", "starts or ends with white space"),
+        (
+            "cameras: [{name: a, source: 'rtsp://u:s3:cret@cam:99999/live'}]",
+            "cameras.0.source: the port of a rtsp URL must be 1 to 65535",
+        ),
     ],
     ids=[
         "typo",
@@ -113,13 +117,14 @@ mqtt: {host: localhost, username: edge, password: hunter2}
         "huge-min-size",
         "url-without-host",
         "source-with-space",
+        "port-out-of-range",
     ],
 )
 def test_bad_configuration_exits_2_naming_the_key(tmp_path, text, expected):
     result = run_cli("edge", "check-config", "--config", write(tmp_path, text))
     assert result.returncode == 2
     assert expected in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "cret" not in result.stderr
 
 
 def test_missing_config_file_is_named(tmp_path):

@@ -224,6 +224,9 @@ class MqttPublisher:
             self.client.publish(topic, payload, qos=1, retain=True)
 
     def close(self, timeout: float) -> None:
+        # From here, a failed connect or a drop is the shutdown's business: no "retrying" or
+        # "queued meanwhile" lines after the line that says what was kept.
+        self._closing = True
         deadline = time.monotonic() + timeout
         with self._drained:
             while self._pending and self.stats.connected and time.monotonic() < deadline:
@@ -239,7 +242,6 @@ class MqttPublisher:
             info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
-        self._closing = True
         with self._lock:
             if self._announce_timer is not None:
                 self._announce_timer.cancel()

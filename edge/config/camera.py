@@ -59,6 +59,7 @@ class CameraConfig(Section):
             address = value.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
             if not address:
                 raise ValueError(f"a {scheme} URL needs a host ({scheme}://host/path)")
+            _check_port(scheme, address)
             # FFmpeg knows its protocols by their lower-case names only.
             return scheme + value[len(scheme) :]
         if "://" in value:
@@ -104,6 +105,18 @@ SHOWN_KEYS = frozenset(
     ]
 )
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def _check_port(scheme: str, address: str) -> None:
+    """``host:99999`` would pass as a source and fail at every reconnect, for months: said at
+    start-up instead. ``address`` is what follows the credentials (``host``, ``host:port``,
+    ``[v6]:port``), so a password with ``:`` or ``#`` in it is never taken for a port."""
+    address = re.split(r"[?#]", address, maxsplit=1)[0]  # rtsp://h:554?channel=1
+    host, colon, port = address.rpartition(":") if not address.endswith("]") else ("", "", "")
+    if not colon or (host.count(":") and not host.endswith("]")):  # none, or bare IPv6
+        return
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"the port of a {scheme} URL must be 1 to 65535")
 
 
 def mask_url(url: str) -> str:
