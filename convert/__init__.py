@@ -6,6 +6,8 @@ teachers), ``adjust`` (logit adjustment), ``export`` (TFLite + metadata + self-c
 ``evaluate`` (honest report).
 """
 
+import edge  # noqa: F401  # before any cv2 import: it sets OpenCV's image pixel limit
+
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 """Label ids 0..6 in the order of the original ``fer2013.csv``, which is not alphabetical."""
 
@@ -15,3 +17,18 @@ FACE_SIZE = 48
 
 class ConvertError(Exception):
     """A problem with the user's input (path, file, option); shown without a traceback."""
+
+
+def quiet_tensorflow() -> None:
+    """TensorFlow and Keras imported once, with fd 2 silenced, before the toolchain's own
+    modules import them: their C++ start-up writes to fd 2 before absl's logging is set up,
+    whatever TF_CPP_MIN_LOG_LEVEL says (oneDNN notices, "Could not find cuda drivers",
+    "failed call to cuInit" from the device probe), and those lines came before every error
+    message of ours. A failing import still raises, with its message."""
+    from edge.emotions import native_stderr_silenced
+
+    with native_stderr_silenced():
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()

@@ -1,15 +1,21 @@
-"""``python -m convert train|adjust|export|evaluate``: the conversion toolchain's command line."""
+"""``python -m convert train|adjust|export|evaluate|pack``: the toolchain's command line."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from dataclasses import fields
-from pathlib import Path
 
-from convert import EMOTIONS, ConvertError
-from edge.cli import OneLineParser, prog
+from edge.cli import Interrupts, OneLineParser, prog, unwritable
+
+# `python -m convert` or the console script. Ctrl-C: one line, also while TensorFlow imports.
+_COMMAND_LINE = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "edge-emotion-convert"
+_INTERRUPTS = Interrupts("convert") if _COMMAND_LINE else None
+
+import argparse  # noqa: E402
+from dataclasses import fields  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from convert import EMOTIONS, ConvertError, quiet_tensorflow  # noqa: E402
 
 # What ``evaluate --plot`` can write (matplotlib picks the format from the suffix).
 PLOT_FORMATS = (".png", ".pdf", ".svg")
@@ -22,15 +28,17 @@ TRAINING_MODULES = ("tensorflow", "keras", "tf_keras")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    return _INTERRUPTS.run(_run_command, argv) if _INTERRUPTS else _run_command(argv)
+
+
+def _run_command(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
         return args.command(args)
     except ConvertError as error:
         print(f"convert {args.name}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"convert {args.name}: interrupted", file=sys.stderr)
-        return 130
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in TRAINING_MODULES:
             raise
@@ -87,7 +95,8 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="distillation: a .keras or .tflite model whose predictions are mixed into the "
-        "targets (--teacher-weight); repeat for an ensemble (averaged)",
+        "targets (--teacher-weight), or an .npz of predictions from scripts/teacher.py; "
+        "repeat for an ensemble (averaged)",
     )
     train.add_argument("--backbone", choices=("mobilenetv2", "resnet50"), default=defaults.backbone)
     train.add_argument(
@@ -244,14 +253,42 @@ def parser() -> argparse.ArgumentParser:
         default=300,
         help="faces timed one at a time for the latency figures",
     )
+
+    pack = commands.add_parser(
+        "pack", help="pack train and val faces into one file for a teacher trained elsewhere"
+    )
+    pack.set_defaults(command=run_pack, name="pack")
+    pack.add_argument("--data", required=True, help="a folder with train/ and val/, or a .csv")
+    pack.add_argument("--votes", help=votes_help)
+    pack.add_argument("--out", type=Path, required=True, help="the .npz file to write")
     return top
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    from convert.data import load_split
+    from convert.pack import SPLITS, pack
+
+    _output_file(args.out, ".npz", "the packed file")
+    splits = {name: load_split(args.data, usage, args.votes) for name, usage in SPLITS.items()}
+    size = pack(splits, args.out)
+    counts = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
+    print(f"{args.out}: {counts} faces with FER+ votes, {size / 2**20:.1f} MiB")
+    return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
     from convert.recipe import Recipe
 
     recipe = Recipe(**{f.name: getattr(args, f.name) for f in fields(Recipe)})
+    defaults = Recipe()
+    _without_effect(
+        ("--teacher-weight", args.teacher_weight, defaults.teacher_weight, not args.teacher,
+         "without --teacher"),
+        ("--ferplus-weight", args.ferplus_weight, defaults.ferplus_weight,
+         args.labels != "mix", f"with --labels {args.labels} (it weighs --labels mix)"),
+    )  # fmt: skip
     _output_file(args.out, ".keras", "the model file")
+    quiet_tensorflow()
     from convert.train import train
 
     log = train(
@@ -274,6 +311,13 @@ def run_export(args: argparse.Namespace) -> int:
     from convert.export import Inputs, export
     from convert.recipe import EXPORT_RANGES, QatRecipe, check_numbers
 
+    defaults = QatRecipe()
+    _without_effect(
+        ("--qat-learning-rate", args.qat_learning_rate, defaults.learning_rate,
+         not args.qat_epochs, "without --qat-epochs"),
+        ("--prior-rounds", args.prior_rounds, defaults.prior_rounds, not args.qat_epochs,
+         "without --qat-epochs"),
+    )  # fmt: skip
     _output_file(args.out, ".tflite", "the exported model's name", args.model)
     if args.out.with_suffix(".json").resolve() == args.model.with_suffix(".history.json").resolve():
         raise ConvertError(
@@ -350,6 +394,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_effect(*flags: tuple[str, object, object, bool, str]) -> None:
+    """A flag given that this run would ignore is refused: the user meant it to change
+    something (``--teacher-weight 1`` with no teacher trains on the labels alone)."""
+    for flag, value, default, ignored, why in flags:
+        if ignored and value != default:
+            raise ConvertError(f"{flag} {value}: has no effect {why}")
+
+
 def _output_file(out: Path, suffix: str, what: str, model: Path | None = None) -> None:
     """``--out`` checked before any work: its suffix, not a folder, not the input model (which
     a failed write would destroy)."""
@@ -359,6 +411,14 @@ def _output_file(out: Path, suffix: str, what: str, model: Path | None = None) -
         raise ConvertError(f"--out {out}: is a folder; give a file name ending in {suffix}")
     if model is not None and out.resolve() == model.resolve():
         raise ConvertError(f"--out {out}: is the input model (--model); give another file name")
+    _writable("--out", out)
+
+
+def _writable(flag: str, path: Path) -> None:
+    """Said before minutes or hours of work, not when their result is saved."""
+    why = unwritable(path)
+    if why is not None:
+        raise ConvertError(f"{flag} {path}: cannot be written: {why}")
 
 
 def _plot_destination(path: Path) -> None:
@@ -370,7 +430,8 @@ def _plot_destination(path: Path) -> None:
             raise ConvertError(f"--plot {path}: is a folder; give a file name")
     except OSError as error:  # a name too long for the file system
         raise ConvertError(f"--plot {path}: {error.strerror or error}") from None
-    path.parent.mkdir(parents=True, exist_ok=True)  # a file in the way: one line, exit 2
+    _writable("--plot", path)
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 if __name__ == "__main__":

@@ -83,8 +83,6 @@ def adjust(
     probs = keras_predict(model, val.images, flip=False)
     found = accuracies(labellings(val.labels, val.votes), probs.argmax(1))
     result = Adjustment(toward, strength, tuple(float(s) for s in shift), found)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(out)
     history["adjusted"] = {
         "from": str(model_path.resolve()),
         "toward": toward,
@@ -92,11 +90,27 @@ def adjust(
         "logit_shift": dict(zip(EMOTIONS, (round(s, 4) for s in result.shift), strict=True)),
         "val_accuracy": {k: round(v, 4) for k, v in found.items()},
     }
-    out.with_suffix(".history.json").write_text(json.dumps(history, indent=1))
+    _save(model, history, out)
     curves = model_path.with_suffix(".curves.png")
     if curves.is_file():
         shutil.copyfile(curves, out.with_suffix(".curves.png"))
     return result
+
+
+def _save(model: object, history: dict, out: Path) -> None:
+    """Written aside and renamed into place: an interrupt or a full disk leaves ``out`` as it
+    was (or absent), never a half-written model that would be exported."""
+    from convert.train import move_into_place
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.stem}.adjusting.keras")
+    try:
+        model.save(staging)
+        staging.with_suffix(".history.json").write_text(json.dumps(history, indent=1))
+        move_into_place(staging, out)
+    finally:
+        for leftover in (staging, staging.with_suffix(".history.json")):
+            leftover.unlink(missing_ok=True)
 
 
 def class_shares(

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from convert import EMOTIONS, FACE_SIZE, ConvertError
+from edge import MAX_IMAGE_PIXELS
 
 USAGES = ("Training", "PublicTest", "PrivateTest")
 # Folder names that hold each official split in the image-folder layouts seen in the wild.
@@ -32,8 +33,8 @@ SPLIT_FOLDERS = {
     "PublicTest": ("val", "validation", "publictest"),
     "PrivateTest": ("test", "privatetest"),
 }
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".pgm", ".tif", ".tiff"}
-JPEG_SUFFIXES = {".jpg", ".jpeg"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".pgm", ".tif", ".tiff"}
+JPEG_SUFFIXES = {".jpg", ".jpeg", ".jfif"}
 # A JPEG ends with the end-of-image marker; OpenCV decodes a cut-off file as grey below the
 # cut, printing only "Premature end of JPEG file" without a name. Padding after it is allowed.
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
@@ -157,6 +158,7 @@ def _load_class_folder(folder: Path, usage: str | None) -> Split:
     files: list[Path] = []
     labels: list[int] = []
     skipped: list[str] = []  # the Kaggle prefixes of images of another split
+    not_images: list[str] = []  # suffixes of files that are not images by their names
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
@@ -168,13 +170,23 @@ def _load_class_folder(folder: Path, usage: str | None) -> Split:
                 f"{entry}: folder name is not an emotion; expected one of {', '.join(EMOTIONS)}"
             )
         for image in sorted(entry.iterdir()):
+            if image.name.startswith("."):  # hidden: macOS's ._face.jpg is not a face
+                continue
             if image.suffix.lower() not in IMAGE_SUFFIXES:
+                not_images.append(image.suffix.lower() or "no extension")
                 continue
             if not _matches_usage(image.name, usage):
                 skipped.append(image.name.split("_", 1)[0] + "_")
                 continue
             files.append(image)
             labels.append(EMOTIONS.index(label))
+    if not_images:  # said: a .gif of faces left out of training should not go unnoticed
+        print(
+            f"{folder}: {len(not_images)} files skipped, not images by their names "
+            f"({', '.join(sorted(set(not_images)))}; read: {', '.join(sorted(IMAGE_SUFFIXES))})",
+            file=sys.stderr,
+            flush=True,
+        )
     if not files and skipped:
         raise ConvertError(
             f"{folder}: no {usage} images in its emotion folders: all {len(skipped)} were "
@@ -213,9 +225,17 @@ def read_face(path: Path) -> np.ndarray:
         raise ConvertError(f"{path}: cannot read the image: {error.strerror or error}") from None
     if _truncated_jpeg(path, content):
         raise ConvertError(f"{path}: not a readable image (a truncated JPEG: no end marker)")
-    image = (
-        cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_GRAYSCALE) if content else None
-    )
+    try:
+        image = (
+            cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_GRAYSCALE)
+            if content
+            else None
+        )
+    except cv2.error:  # refused from its header, before a decode of gigabytes
+        raise ConvertError(
+            f"{path}: larger than {MAX_IMAGE_PIXELS // 10**6} megapixels, not a face image "
+            "(remove it from the folder)"
+        ) from None
     if image is None:
         raise ConvertError(f"{path}: not a readable image (corrupt or unsupported format)")
     if image.shape != (FACE_SIZE, FACE_SIZE):

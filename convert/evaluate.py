@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convert import EMOTIONS, ConvertError
+from convert import EMOTIONS, ConvertError, quiet_tensorflow
 from convert.data import load_split
 from convert.labels import NO_LABEL, ferplus_majority
 from convert.litert import face_predictor
@@ -88,9 +88,11 @@ def load_predictor(path: Path) -> tuple[Predict, Predict]:
 
 
 def _keras_predictor(path: Path) -> tuple[Predict, Predict]:
-    import tensorflow as tf
+    from convert.export import check_keras_file, load_keras_model
 
-    from convert.export import load_keras_model
+    check_keras_file(path)  # before the import, so a wrong file is the only line
+    quiet_tensorflow()
+    import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)  # latency on one thread, like TFLite
     tf.config.threading.set_inter_op_parallelism_threads(1)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convert import EMOTIONS, FACE_SIZE, ConvertError
+from convert import EMOTIONS, FACE_SIZE, ConvertError, quiet_tensorflow
 from convert.data import Split, load_split
 from convert.labels import accuracies, labellings, selection_score
 from convert.litert import BATCH, in_litert_process, predict_tflite
@@ -290,20 +290,27 @@ def load_keras_model(path: Path, flag: str = "") -> keras.Model:
     of raw gray faces and one output of seven scores. Any other model loaded fine and then
     failed in a reshape deep in Keras, or (ten outputs) gave plausible but false numbers.
     ``flag`` names the option the path came from (``--teacher``) in every message."""
+    name = check_keras_file(path, flag)
+    quiet_tensorflow()
     import keras
 
-    name = f"{flag} {path}" if flag else str(path)
-    if not path.is_file():
-        raise ConvertError(f"{name}: model file not found")
-    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
-        # Keras says "File not found" for a file that is there but not a zip archive.
-        raise ConvertError(f"{name}: not a Keras model file (a .keras file is a zip archive)")
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...
         raise ConvertError(f"{name}: cannot load as a Keras model: {error}") from None
     check_model_shapes(name, model.inputs, model.outputs)
     return model
+
+
+def check_keras_file(path: Path, flag: str = "") -> str:
+    """What can be told of a model file without importing TensorFlow; its name for messages."""
+    name = f"{flag} {path}" if flag else str(path)
+    if not path.is_file():
+        raise ConvertError(f"{name}: model file not found")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        # Keras says "File not found" for a file that is there but not a zip archive.
+        raise ConvertError(f"{name}: not a Keras model file (a .keras file is a zip archive)")
+    return name
 
 
 def check_model_shapes(name: str, inputs: list, outputs: list) -> None:

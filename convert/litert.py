@@ -8,6 +8,7 @@ runs every TFLite file in a fresh process without it, through the daemon's own c
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 
 from convert import FACE_SIZE, ConvertError
+from edge.emotions import ModelError
 
 if TYPE_CHECKING:
     from edge.emotions import EmotionClassifier
@@ -28,11 +30,21 @@ T = TypeVar("T")
 def in_litert_process(function: Callable[..., T], *args: object) -> T:
     """Run ``function(*args)`` in a fresh process without TensorFlow."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=context, initializer=_dies_quietly_on_interrupt
+    ) as pool:
         try:
             return pool.submit(function, *args).result()
         except BrokenProcessPool:
             raise ConvertError("the LiteRT interpreter crashed while running the model") from None
+        except ModelError as error:  # the worker's, re-raised here: the user's file, said so
+            raise ConvertError(str(error)) from None
+
+
+def _dies_quietly_on_interrupt() -> None:
+    """Ctrl-C reaches the worker too (one process group): it ends without a traceback of its
+    own, and the toolchain says "interrupted" once."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def predict_tflite(path: Path, images: np.ndarray) -> np.ndarray:

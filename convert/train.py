@@ -21,7 +21,7 @@ import tensorflow as tf
 from convert import EMOTIONS, ConvertError
 from convert.data import Split, is_class_folder, load_split
 from convert.dataset import Targets, faces, targets_for, training_batches
-from convert.distill import teacher_predictions
+from convert.distill import check_teachers, teacher_predictions
 from convert.labels import accuracies, labellings, selection_score, training_targets
 from convert.model import build_model, weights_source
 from convert.recipe import Recipe
@@ -65,8 +65,13 @@ def train(
     """
     keras.utils.set_random_seed(recipe.seed)
     weights_source(recipe.weights)  # a missing weights file is said before minutes of loading
+    check_teachers(list(teachers))
     train_split, val_split = load_data(data, val_data, votes, recipe)
-    teacher = teacher_predictions(list(teachers), train_split) if teachers else None
+    teacher = (
+        teacher_predictions(list(teachers), train_split, recipe.selection_weight)
+        if teachers
+        else None
+    )
     targets = targets_for(train_split, recipe, teacher)
     if targets.left_out:
         print(

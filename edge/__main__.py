@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
+from edge.cli import Interrupts, OneLineParser, prog  # light: before the heavy imports
+
 # A reload (SIGHUP) that arrives while the daemon starts, before its own handlers exist, would
 # end the process by default: a second `systemctl reload` within a second of the first left the
-# service dead. Remembered from the first moment instead, and acted on once running. Ctrl-C
-# meanwhile ends the start-up in one line, wherever the imports are (no traceback).
+# service dead. Remembered from the first moment instead, and acted on once running.
 _early_reloads: list[int] = []
 
-
-def _interrupted_while_starting(signum: int, frame: object) -> None:
-    print(f"edge {sys.argv[1]}: interrupted", file=sys.stderr)
-    raise SystemExit(130)
-
-
-if __name__ == "__main__" and sys.argv[1:2] in (["run"], ["demo"]):
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+# `python -m edge` or the console script (which imports this module under its own name).
+_COMMAND_LINE = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "edge-emotion"
+# Ctrl-C: one line, also while importing (the daemon installs its own handler once running).
+_INTERRUPTS = Interrupts("edge") if _COMMAND_LINE else None
+if _COMMAND_LINE and sys.argv[1:2] in (["run"], ["demo"]):
     signal.signal(signal.SIGHUP, lambda signum, _frame: _early_reloads.append(signum))
     # A reload re-executes with SIGHUP blocked (reload_in_place): one sent while the new
     # interpreter started waited, pending, and arrives here.
@@ -27,11 +26,9 @@ if __name__ == "__main__" and sys.argv[1:2] in (["run"], ["demo"]):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from edge.cli import OneLineParser, prog  # noqa: E402
 from edge.config import ConfigError, EdgeConfig, load_config  # noqa: E402
 from edge.emotions import ModelError  # noqa: E402
 
@@ -39,15 +36,17 @@ EXIT_CONFIG = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    return _INTERRUPTS.run(_run_command, argv) if _INTERRUPTS else _run_command(argv)
+
+
+def _run_command(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
         return args.command(args)
     except (ConfigError, ModelError) as error:
         print(f"edge {args.name}: error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except KeyboardInterrupt:  # Ctrl-C before the daemon's own handler exists (start-up)
-        print(f"edge {args.name}: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # The reader went away (`check-config | head`): not an error of ours. Point stdout at
         # /dev/null so the interpreter's final flush does not raise again.

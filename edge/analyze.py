@@ -63,6 +63,8 @@ def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
     if path.is_dir():
         raise OSError(f"{path}: a directory, not an image or video")
     if not path.exists():
+        if path.is_symlink():
+            raise OSError(f"{path}: a symbolic link to nothing (broken, or a loop)")
         raise OSError(f"{path}: no such file")
     if not path.is_file():
         raise OSError(f"{path}: not a regular file (a device or a pipe), not an image or video")
@@ -77,6 +79,8 @@ def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
             raise OSError(f"{path}: not a readable image, skipped")
         yield 0, image
         return
+    if _pixels_claimed(path) > MAX_IMAGE_PIXELS:
+        raise OSError(f"{path}: larger than {MAX_IMAGE_PIXELS // 10**6} megapixels, skipped")
     # FFmpeg and OpenCV print their own complaints ("moov atom not found") to fd 2 when a file
     # is not a video; the line below says it once, in our words.
     with native_stderr_silenced():
@@ -93,6 +97,16 @@ def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
             ok, image = capture.read()
     finally:
         capture.release()
+
+
+def _pixels_claimed(path: Path) -> int:
+    """A GIF's canvas from its header (``GIF89a``, width, height, little-endian): FFmpeg
+    would allocate it for every frame, and OpenCV's pixel limit does not reach FFmpeg."""
+    with path.open("rb") as file:
+        header = file.read(10)
+    if header[:6] not in (b"GIF87a", b"GIF89a"):
+        return 0
+    return int.from_bytes(header[6:8], "little") * int.from_bytes(header[8:10], "little")
 
 
 def line(

@@ -4,8 +4,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
+
+
+def unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written, or None: checked before the work whose result goes
+    there, not after it. The nearest existing folder on the way counts (missing folders are
+    made); a file there, or no write permission, blocks."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"a file is where an output folder must go: {folder}"
+    if not os.access(folder, os.W_OK):
+        return f"{folder} is not a writable folder"
+    return None
 
 
 def prog(module: str, script: str) -> str:
@@ -21,3 +38,39 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
         sys.exit(2)
+
+
+class Interrupts:
+    """Ctrl-C ends a command in one line and exit code 130, never a traceback, from its
+    first import on: made at the top of a ``__main__``, before the heavy imports.
+
+    Until ``run`` starts the command nothing is written, so the process ends at once. After,
+    Ctrl-C unwinds (``finally`` blocks run, output is flushed) and the line is printed at the
+    end: fd 2 is /dev/null while OpenCV opens a video or LiteRT builds an interpreter
+    (``native_stderr_silenced``). Remembered, as a KeyboardInterrupt raised inside a C
+    extension's import comes out as that import's ImportError."""
+
+    def __init__(self, tool: str) -> None:
+        self.tool, self.seen, self.running = tool, False, False
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # `nohup`, `cmd &` in a script
+            signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.seen = True
+        if not self.running:
+            os.write(2, f"{self._name(sys.argv[1:])}: interrupted\n".encode())
+            os._exit(130)
+        raise KeyboardInterrupt
+
+    def run(self, command: Callable[[list[str]], int], argv: list[str]) -> int:
+        self.running = True
+        try:
+            return command(argv)
+        except BaseException as error:
+            if not (isinstance(error, KeyboardInterrupt) or self.seen):
+                raise
+            print(f"{self._name(argv)}: interrupted", file=sys.stderr)
+            return 130
+
+    def _name(self, argv: list[str]) -> str:
+        return " ".join([self.tool, *argv[:1]])

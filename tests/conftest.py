@@ -90,6 +90,28 @@ def run_cli(
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def interrupted_after(seconds: float, module: str, *args: str | os.PathLike) -> Result:
+    """``python -m MODULE ARGS`` sent Ctrl-C (SIGINT) ``seconds`` after it starts. The moment
+    is the point (an import, a model load, the work), so this waits by the clock."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        # As a terminal's foreground job gets it: a runner may start the tests with SIGINT
+        # ignored, which children inherit (and which a command should respect).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    return Result(proc.returncode, stdout, stderr)
+
+
 @pytest.fixture(scope="session")
 def convert_cli():
     return lambda *args, **kw: run_cli("convert", *args, **kw)
@@ -100,3 +122,28 @@ def private_state(tmp_path, monkeypatch):
     """Each test's daemons keep undelivered events (mqtt.spool) in the test's own folder: a
     spool left by one test must not be delivered in another."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+def huge_png(path, width: int, height: int) -> None:
+    """A valid gray PNG of a few hundred KB that decodes to width x height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    rows = zlib.compress(b"".join(b"\x00" * (width + 1) for _ in range(height)), 9)
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+def huge_gif(path, width: int, height: int) -> None:
+    """A GIF of a few bytes whose canvas is width x height pixels (one 1x1 image on it)."""
+    import struct
+
+    screen = struct.pack("<HHBBB", width, height, 0, 0, 0)
+    image = b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    path.write_bytes(b"GIF89a" + screen + image + b";")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FER, MNV2_WEIGHTS, ROOT, SAMPLE_CSV, run_cli
+from conftest import FER, MNV2_WEIGHTS, ROOT, SAMPLE_CSV, huge_png, interrupted_after, run_cli
 
 from convert import EMOTIONS, ConvertError
 from edge.emotions import ModelMetadata
@@ -28,11 +28,12 @@ CSV_LABELS = ("--labels", "fer2013")
 
 
 def one_line_error(result, message: str) -> None:
-    """Exit 2, one line on stderr after TensorFlow's start-up chatter, naming the problem."""
+    """Exit 2 and one line on stderr, naming the problem: not after TensorFlow's start-up
+    chatter (oneDNN, CUDA probes), which hid it."""
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if ": error: " in line]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and ": error: " in lines[0], result.stderr[-2000:]
+    assert message in lines[0], result.stderr[-2000:]
 
 
 def keras_model(path: Path, input_shape: tuple[int, ...], outputs: int) -> Path:
@@ -91,6 +92,20 @@ def test_a_teacher_of_another_input_size_is_refused_before_training(foreign, tmp
         foreign["in224"], "--out", tmp_path / "s.keras", *TINY, *CSV_LABELS,
     )  # fmt: skip
     one_line_error(result, f"--teacher {foreign['in224']}: takes input (224, 224, 3)")
+
+
+def test_a_teacher_that_is_not_a_model_is_named_before_the_data_is_loaded(tmp_path):
+    teacher = tmp_path / "t.tflite"
+    teacher.write_bytes(b"not a flatbuffer")
+    metadata = json.loads(SHIPPED_TFLITE.with_suffix(".json").read_text())
+    metadata.pop("sha256", None)
+    teacher.with_suffix(".json").write_text(json.dumps(metadata))
+    result = run_cli(
+        "convert", "train", "--data", tmp_path / "absent.csv", "--weights", "none",
+        "--teacher", teacher, "--out", tmp_path / "s.keras", *TINY, *CSV_LABELS,
+    )  # fmt: skip
+    one_line_error(result, f"--teacher {teacher}: not a TFLite model")
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("shape", [(64, 64, 1), (48, 48, 3)], ids=["gray-64", "rgb-48"])
@@ -170,6 +185,70 @@ def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path):
     export = run_cli("convert", "export", "--model", SHIPPED_KERAS, "--out", tmp_path / "m.tflite")
     one_line_error(export, f"--out {tmp_path / 'm.tflite'}: is a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras", "m.tflite"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("train", "--data", SAMPLE_CSV, "--teacher-weight", "1", "--out", "x.keras"),
+            "--teacher-weight 1.0: has no effect without --teacher",
+        ),
+        (
+            (
+                "train",
+                "--data",
+                SAMPLE_CSV,
+                *CSV_LABELS,
+                "--ferplus-weight",
+                "0.8",
+                "--out",
+                "x.keras",
+            ),
+            "--ferplus-weight 0.8: has no effect with --labels fer2013",
+        ),
+        (
+            ("export", "--model", SHIPPED_KERAS, "--prior-rounds", "0", "--out", "x.tflite"),
+            "--prior-rounds 0: has no effect without --qat-epochs",
+        ),
+    ],
+    ids=[
+        "teacher-weight-without-teacher",
+        "ferplus-weight-without-mix",
+        "prior-rounds-without-qat",
+    ],
+)
+def test_a_flag_the_run_would_ignore_is_refused(tmp_path, args, message):
+    """The user meant it to change something: training for an hour without it is worse."""
+    one_line_error(run_cli("convert", *args), message)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    """Hours of training (or minutes of evaluation) must not end in "cannot save"."""
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the output folder was meant to be")
+    train = run_cli(
+        "convert", "train", "--data", SAMPLE_CSV, "--weights", "none", "--out",
+        blocker / "m.keras", *TINY, *CSV_LABELS,
+    )  # fmt: skip
+    one_line_error(
+        train,
+        f"--out {blocker / 'm.keras'}: cannot be written: a file is where an output folder "
+        f"must go: {blocker}",
+    )
+    adjust = run_cli(
+        "convert", "adjust", "--model", SHIPPED_KERAS, "--out", blocker / "sub" / "m.keras",
+        "--strength", "0.5",
+    )  # fmt: skip
+    one_line_error(adjust, f"--out {blocker / 'sub' / 'm.keras'}: cannot be written")
+    export = run_cli("convert", "export", "--model", SHIPPED_KERAS, "--out", blocker / "m.tflite")
+    one_line_error(export, f"--out {blocker / 'm.tflite'}: cannot be written")
+    evaluate = run_cli(
+        "convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", SAMPLE_CSV,
+        "--plot", blocker / "confusion.png",
+    )  # fmt: skip
+    one_line_error(evaluate, f"--plot {blocker / 'confusion.png'}: cannot be written")
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]
 
 
 def test_adjust_refuses_to_write_over_its_own_input(tmp_path):
@@ -273,6 +352,29 @@ def copy_faces(root: Path, per_class: int, rename=lambda name: name) -> None:
         (root / emotion).mkdir(parents=True, exist_ok=True)
         for image in sorted((FER / "val" / emotion).iterdir())[:per_class]:
             shutil.copyfile(image, root / emotion / rename(image.name))
+
+
+def test_files_of_a_class_folder_that_are_not_read_are_counted_not_silent(tmp_path):
+    """A .jfif is a JPEG and is read; a .gif or notes are skipped and said; macOS's hidden
+    ._ twins are not faces at all."""
+    copy_faces(tmp_path, 2)
+    first = sorted((tmp_path / "happy").iterdir())[0]
+    shutil.copyfile(first, tmp_path / "happy" / "extra.jfif")
+    (tmp_path / "happy" / "notes.txt").write_text("labels checked by hand")
+    shutil.copyfile(first, tmp_path / "sad" / "face.gif")
+    (tmp_path / "sad" / "._face.png").write_bytes(b"\0\5\26\7 AppleDouble")
+    result = run_cli("convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{tmp_path} (15 faces)" in result.stdout
+    assert f"{tmp_path}: 2 files skipped, not images by their names (.gif, .txt;" in result.stderr
+
+
+def test_an_image_of_too_many_pixels_in_a_class_folder_is_named(tmp_path):
+    """Refused from its header (a PNG of a few hundred KB can claim gigabytes decoded)."""
+    copy_faces(tmp_path, 1)
+    huge_png(tmp_path / "fear" / "poster.png", 10000, 6000)
+    result = run_cli("convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", tmp_path)
+    one_line_error(result, f"{tmp_path / 'fear' / 'poster.png'}: larger than 50 megapixels")
 
 
 def test_a_truncated_jpeg_is_refused_by_name(tmp_path):
@@ -408,6 +510,8 @@ def test_a_run_records_absolute_paths_so_adjust_works_from_anywhere(trained, tmp
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "adjusted.keras").is_file()
+    assert (tmp_path / "adjusted.history.json").is_file()
+    assert not [p.name for p in tmp_path.iterdir() if "adjusting" in p.name]  # written aside
 
 
 def test_a_recorded_data_path_not_found_says_where_it_came_from(trained, tmp_path):
@@ -427,6 +531,14 @@ def test_a_recorded_data_path_not_found_says_where_it_came_from(trained, tmp_pat
         "--data", SAMPLE_CSV,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("after", [0.2, 1.0, 2.5, 4.0])
+def test_ctrl_c_while_tensorflow_imports_ends_evaluate_in_one_line(after):
+    result = interrupted_after(
+        after, "convert", "evaluate", "--model", SHIPPED_KERAS, "--data", SAMPLE_CSV
+    )
+    assert (result.returncode, result.stderr) == (130, "convert evaluate: interrupted\n")
 
 
 def test_an_interrupted_run_keeps_the_model_at_out_and_resumes(tmp_path):

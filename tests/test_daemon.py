@@ -554,7 +554,7 @@ def test_systemd_ready_then_watchdog_pings_only_while_frames_flow(tmp_path, rtsp
     sock.settimeout(30)
     daemon = daemons(
         {"cameras": [{"name": "door", "source": rtsp.url(), "fps": 5}]},
-        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"},
+        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "3000000"},
     )
     assert sock.recv(256) == b"READY=1"
     assert sock.recv(256) == b"WATCHDOG=1"

@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT, SHARED, run_cli
+import pytest
+from conftest import ROOT, SHARED, interrupted_after, run_cli
 from services import free_port
 
 CLIP = SHARED / "media" / "asl-again.mkv"
@@ -118,3 +119,11 @@ def test_the_demo_shows_one_face_and_no_ghost(tmp_path):
         proc.kill()
         proc.wait()
     assert tracks == {1}
+
+
+@pytest.mark.parametrize("after", [0.1, 0.25, 0.4, 0.6, 1.0, 2.0])
+def test_ctrl_c_at_any_moment_of_analyze_ends_it_in_one_line(after):
+    """While it imports, loads the model, opens the video (when fd 2 is silenced) or works:
+    never a traceback, never silence, always exit code 130."""
+    result = interrupted_after(after, "edge", "analyze", CLIP)
+    assert (result.returncode, result.stderr) == (130, "edge analyze: interrupted\n")

@@ -198,6 +198,61 @@ def test_a_teacher_s_predictions_are_learned(small_fer: Path, tmp_path: Path):
     assert (predicted == EMOTIONS.index("happy")).mean() > 0.9
 
 
+def test_a_teacher_trained_elsewhere_teaches_through_its_predictions(
+    small_fer: Path, tmp_path: Path
+):
+    """`convert pack` carries the faces to a GPU machine (scripts/teacher.py); what comes back
+    is predictions by face, one head per labelling, mixed as --labels mixes the student's own
+    targets: a teacher whose FER+ head says happy and FER2013 head says angry teaches happy to
+    a student learning FER+ votes."""
+    from convert.data import load_split
+    from convert.pack import unpack, write_predictions
+
+    packed = tmp_path / "faces.npz"
+    result = run_cli("convert", "pack", "--data", small_fer, "--out", packed)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "train 169, val 71 faces" in result.stdout
+    train = unpack(packed, "train")
+    original = load_split(small_fer, "Training")
+    assert (train["images"] == original.images).all() and list(train["keys"]) == list(original.keys)
+    assert (train["votes"] == original.votes).all() and (train["labels"] == original.labels).all()
+
+    def always(emotion: str, n: int) -> np.ndarray:
+        return np.tile(np.eye(7, dtype=np.float32)[EMOTIONS.index(emotion)], (n, 1))
+
+    teacher = tmp_path / "teacher.npz"
+    n = len(train["keys"])
+    write_predictions(
+        teacher,
+        {"train": train["keys"]},
+        {"train": {"fer2013": always("angry", n), "ferplus": always("happy", n)}},
+    )
+    out = tmp_path / "student.keras"
+    result = run_cli(
+        "convert", "train", "--data", small_fer, "--weights", MNV2_WEIGHTS, "--labels", "ferplus",
+        "--teacher", teacher, "--teacher-weight", "1", "--label-smoothing", "0",
+        "--class-weight-power", "0", "--learning-rate", "1e-3", "--out", out,
+        *TINY[:4], "--head-epochs", "2", "--epochs", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    faces = np.stack(_val_faces(small_fer))[..., np.newaxis].astype(np.float32)
+    predicted = keras.saving.load_model(out).predict(faces, verbose=0).argmax(1)
+    assert (predicted == EMOTIONS.index("happy")).mean() > 0.9
+
+    # Predictions for other faces are refused before any training, naming how many are missing.
+    write_predictions(
+        teacher,
+        {"train": train["keys"][:-5]},
+        {"train": {"fer2013": always("angry", n - 5), "ferplus": always("happy", n - 5)}},
+    )
+    result = run_cli(
+        "convert", "train", "--data", small_fer, "--weights", MNV2_WEIGHTS,
+        "--teacher", teacher, "--out", tmp_path / "other.keras", *TINY,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"--teacher {teacher}: no prediction for 5 of the {n} training faces" in result.stderr
+
+
 def _val_faces(root: Path) -> list[np.ndarray]:
     import cv2
 
@@ -255,7 +310,7 @@ def _val_faces(root: Path) -> list[np.ndarray]:
                 "--out",
                 "x.keras",
             ),
-            "--teacher t.h5: expected an existing .keras or .tflite model",
+            "--teacher t.h5: expected an existing .keras or .tflite model, or an .npz",
         ),
     ],
     ids=["no-votes", "no-val-split", "weight-range", "eval-no-votes", "bad-votes", "bad-teacher"],

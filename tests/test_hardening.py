@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, SHARED, run_cli
+from conftest import ROOT, SHARED, huge_gif, huge_png, run_cli
 from test_daemon import broker, daemons  # noqa: F401 (fixtures)
 
 CLIP = SHARED / "media" / "asl-again.mkv"
@@ -410,28 +410,13 @@ def test_a_sound_file_as_a_camera_is_named_as_having_no_video(daemons, tmp_path)
     assert "tuple index" not in log
 
 
-def huge_png(path, width: int, height: int) -> None:
-    """A valid gray PNG of a few hundred KB that decodes to width x height pixels."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    rows = zlib.compress(b"".join(b"\x00" * (width + 1) for _ in range(height)), 9)
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-    )
-
-
-@pytest.mark.parametrize("name", ["huge.png", "huge", "huge.jfif"])
+@pytest.mark.parametrize("name", ["huge.png", "huge", "huge.jfif", "huge.gif"])
 def test_analyze_skips_an_image_too_large_to_decode_and_goes_on(tmp_path, name):
     """Also a photo whose name does not say it is one: known by its content, not handed to
-    FFmpeg as a one-frame video (which decoded all 400 megapixels)."""
+    FFmpeg as a one-frame video (which decoded all 400 megapixels); and a GIF, which FFmpeg
+    reads (animated), by the canvas its header claims."""
     huge = tmp_path / name
-    huge_png(huge, 20000, 20000)
+    (huge_gif if name.endswith(".gif") else huge_png)(huge, 20000, 20000)
     result = run_cli("edge", "analyze", huge, CLIP, "--json")
     assert result.returncode == 1  # one file failed
     assert f"{name}: larger than 50 megapixels, skipped" in result.stderr
@@ -571,7 +556,12 @@ def test_a_configuration_file_that_is_not_yaml_text_is_one_clear_line(tmp_path, 
         ({"mqtt": {"host": "h", "tls": {"key_file": str(CLIP)}}}, {}, "give cert_file too"),
         ({"device_id": "x" * 65}, {}, "device_id"),
         ({"workers": -1, "tracking": {"smoothing": 5}}, {}, "(got 5); workers: Input"),
-        ({"mqtt": {"host": "h", "spool_file": f"{CLIP}/x.jsonl"}}, {}, "mqtt.spool_file"),
+        (
+            {"mqtt": {"host": "h", "spool_file": f"{CLIP}/x.jsonl"}},
+            {},
+            f"mqtt.spool_file {CLIP}/x.jsonl: cannot be written (a file is where an output "
+            f"folder must go: {CLIP})",
+        ),
     ],
     ids=[
         "env-json",

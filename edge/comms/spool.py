@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+from edge.cli import unwritable
 from edge.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -31,13 +32,16 @@ class Spool:
     def check(self) -> None:
         """At start-up, not at the stop that needs it: the nearest existing folder on the way
         must be a writable folder."""
-        folder = self.path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if self.path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        if self.path.is_dir():
             raise ConfigError(
-                f"mqtt.spool_file {self.path}: cannot be written ({folder} is not a writable "
-                "folder); give another mqtt.spool_file or set mqtt.spool: false"
+                f"mqtt.spool_file {self.path}: is a folder; give a file name (or set "
+                "mqtt.spool: false)"
+            )
+        why = unwritable(self.path)
+        if why is not None:
+            raise ConfigError(
+                f"mqtt.spool_file {self.path}: cannot be written ({why}); give another "
+                "mqtt.spool_file or set mqtt.spool: false"
             )
 
     def load(self) -> list[tuple[str, bytes]]:

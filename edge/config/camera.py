@@ -56,7 +56,8 @@ class CameraConfig(Section):
                 raise ValueError(
                     f"a {scheme} URL needs '://' after the scheme ({scheme}://host/path)"
                 )
-            address = value.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+            # As mask_url: all before the last '@' is credentials, which may hold '/'.
+            address = value.split("://", 1)[1].rpartition("@")[2].split("/", 1)[0]
             if not address:
                 raise ValueError(f"a {scheme} URL needs a host ({scheme}://host/path)")
             _check_port(scheme, address)

@@ -1,0 +1,81 @@
+"""Faces packed into one file for a teacher trained on another machine (``scripts/teacher.py``).
+
+A GPU machine lent for minutes (see the model card, "Distillation") cannot read ``../shared``;
+what travels to it is the working tree, 64 MiB in all. FER2013's train and val faces are 74 MB
+as pixels and 55 MB with xz, which fits; zlib (``np.savez_compressed``) makes 68 MB, which does
+not. The file is an ``.npz`` whose image arrays are xz-compressed bytes (``*_images_xz``),
+read by ``unpack`` with numpy and the standard library alone (the teacher's machine has no
+TensorFlow; this module imports nothing that needs it, or OpenCV).
+
+Per split (``train``, ``val``): the images, FER2013 labels, FER+ vote counts (zeros where a face
+has none), and keys (paths relative to the dataset folder), so the teacher's predictions come
+back matched to the faces by name, not by position.
+"""
+
+from __future__ import annotations
+
+import lzma
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from convert import FACE_SIZE, ConvertError
+
+if TYPE_CHECKING:
+    from convert.data import Split
+
+SPLITS = {"train": "Training", "val": "PublicTest"}
+
+
+def pack(splits: dict[str, Split], out: Path) -> int:
+    """Write ``out``; returns its size in bytes."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, split in splits.items():
+        if split.votes is None:
+            raise ConvertError(
+                f"{split.source}: no FER+ votes found; the teacher learns both labellings "
+                "(pass --votes FILE)"
+            )
+        arrays[f"{name}_images_xz"] = _xz(np.ascontiguousarray(split.images).tobytes())
+        arrays[f"{name}_labels"] = split.labels.astype(np.int8)
+        arrays[f"{name}_votes"] = split.votes.astype(np.int8)
+        arrays[f"{name}_keys_xz"] = _xz("\n".join(split.keys).encode())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    with partial.open("wb") as file:
+        np.savez(file, **arrays)
+    partial.replace(out)
+    return out.stat().st_size
+
+
+def _xz(data: bytes) -> np.ndarray:
+    return np.frombuffer(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME), np.uint8)
+
+
+def _unxz(array: np.ndarray) -> bytes:
+    return lzma.decompress(array.tobytes())
+
+
+def unpack(path: Path, split: str) -> dict[str, np.ndarray]:
+    """One split of a packed file: ``images`` (N, 48, 48) uint8, ``labels``, ``votes``, ``keys``."""
+    with np.load(path) as packed:
+        images = np.frombuffer(_unxz(packed[f"{split}_images_xz"]), np.uint8)
+        return {
+            "images": images.reshape(-1, FACE_SIZE, FACE_SIZE),
+            "labels": packed[f"{split}_labels"].astype(np.int64),
+            "votes": packed[f"{split}_votes"].astype(np.float32),
+            "keys": np.array(_unxz(packed[f"{split}_keys_xz"]).decode().split("\n")),
+        }
+
+
+def write_predictions(
+    out: Path, keys: dict[str, np.ndarray], heads: dict[str, dict[str, np.ndarray]]
+) -> None:
+    """A teacher's predictions as ``convert train --teacher FILE.npz`` reads them: per split
+    (``train``, ``val``) its ``keys`` and one (N, 7) array of probabilities per labelling
+    (``fer2013``, ``ferplus``): ``train_keys``, ``train_fer2013``, ``train_ferplus``, ..."""
+    arrays = {f"{split}_keys": np.asarray(k, dtype=str) for split, k in keys.items()}
+    for split, by_head in heads.items():
+        arrays.update({f"{split}_{head}": p.astype(np.float32) for head, p in by_head.items()})
+    np.savez(out, **arrays)
