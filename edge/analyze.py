@@ -6,7 +6,9 @@ tracked or smoothed, so every frame's raw result is visible.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,13 +24,37 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 ANIMATED_SUFFIXES = {".gif"}  # OpenCV reads one frame of these; FFmpeg reads them all
 
 
-def is_image(path: Path) -> bool:
+def is_image(path: Path, name: str) -> bool:
     """By name, else by content: a photo saved as ``.jfif`` or without an extension is a photo
-    (and gets the image path's pixel limit and EXIF rotation), not a one-frame video."""
+    (and gets the image path's pixel limit and EXIF rotation), not a one-frame video. ``name``
+    is the one OpenCV can open (``opencv_name``)."""
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return True
-    return suffix not in ANIMATED_SUFFIXES and cv2.haveImageReader(str(path))
+    return suffix not in ANIMATED_SUFFIXES and cv2.haveImageReader(name)
+
+
+@contextlib.contextmanager
+def opencv_name(path: Path) -> Iterator[str]:
+    """A name of ``path`` that OpenCV can take. Its Python binding crashed the process
+    (SIGSEGV) on a file name that is not UTF-8, which Linux allows (a camera's SD card, a
+    Latin-1 archive); such a file is opened here and given to it as /proc/self/fd/N."""
+    try:
+        str(path).encode()
+    except UnicodeEncodeError:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    yield str(path)
+
+
+def shown(path: Path) -> str:
+    """``path`` for output: undecodable bytes of its name as ``\\udcff`` escapes, so the
+    line is printed (stdout is strict UTF-8) and still names the file."""
+    return str(path).encode("utf-8", "backslashreplace").decode()
 
 
 def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
@@ -68,9 +94,14 @@ def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
         raise OSError(f"{path}: no such file")
     if not path.is_file():
         raise OSError(f"{path}: not a regular file (a device or a pipe), not an image or video")
-    if is_image(path):
+    with opencv_name(path) as name:
+        yield from _decoded(path, name)
+
+
+def _decoded(path: Path, name: str) -> Iterator[tuple[int, np.ndarray]]:
+    if is_image(path, name):
         try:
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            image = cv2.imread(name, cv2.IMREAD_COLOR)
         except cv2.error:  # OpenCV refuses sizes over the limit before decoding
             raise OSError(
                 f"{path}: larger than {MAX_IMAGE_PIXELS // 10**6} megapixels, skipped"
@@ -84,7 +115,7 @@ def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
     # FFmpeg and OpenCV print their own complaints ("moov atom not found") to fd 2 when a file
     # is not a video; the line below says it once, in our words.
     with native_stderr_silenced():
-        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        capture = cv2.VideoCapture(name, cv2.CAP_FFMPEG)
     try:
         with native_stderr_silenced():
             ok, image = capture.read()
@@ -119,10 +150,10 @@ def line(
 ) -> str:
     best = int(probs.argmax())
     if not as_json:
-        return f"{path}\tframe {index}\t{box}\t{labels[best]}\t{probs[best]:.2f}"
+        return f"{shown(path)}\tframe {index}\t{box}\t{labels[best]}\t{probs[best]:.2f}"
     return json.dumps(
         {
-            "source": str(path),
+            "source": shown(path),
             "frame": index,
             "box": box,
             "emotion": labels[best],

@@ -61,6 +61,24 @@ def test_analyze_prints_one_json_line_per_face(tmp_path):
     assert row["source"] == str(CLIP) and len(row["scores"]) == 7
 
 
+def test_files_whose_names_are_not_utf_8_are_analyzed_not_a_crash(tmp_path):
+    """Linux file names are bytes (a Latin-1 archive, a camera's SD card): OpenCV's binding
+    crashed the process (SIGSEGV) on such a name. Output names them with escapes."""
+    import cv2
+    from skimage import data
+
+    photo = tmp_path / os.fsdecode(b"astronaut-\xe9t\xe9.png")  # Latin-1 "ete" accented
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    (tmp_path / "a.png").rename(photo)
+    video = tmp_path / os.fsdecode(b"clip-\xff.mkv")
+    video.symlink_to(CLIP)
+    result = run_cli("edge", "analyze", photo, video, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    sources = [json.loads(line)["source"] for line in result.stdout.splitlines()]
+    assert sources[0] == f"{tmp_path}/astronaut-\\udce9t\\udce9.png" and len(sources) > 70
+    assert set(sources[1:]) == {f"{tmp_path}/clip-\\udcff.mkv"}
+
+
 def test_analyze_says_when_a_file_has_no_face(tmp_path):
     """An empty output alone cannot be told from a failure (or a rotated photo's miss)."""
     import cv2
