@@ -133,6 +133,28 @@ def test_missing_config_file_is_named(tmp_path):
     assert "absent.yaml: configuration file not found" in result.stderr
 
 
+def test_an_endless_or_huge_file_given_as_configuration_is_refused_at_once():
+    """``--config /dev/zero`` read until the memory was full; a video named by mistake too."""
+    result = run_cli("edge", "run", "--config", "/dev/zero", timeout=60)
+    assert result.returncode == 2
+    expected = "edge run: error: /dev/zero: larger than 1 MiB, not a configuration file\n"
+    assert result.stderr == expected
+
+
+def test_a_configuration_from_a_pipe_is_read():
+    """``--config <(render-config)``: a pipe, not a file, read to its end."""
+    import subprocess
+    import sys
+
+    example = (ROOT / "systemd" / "edge.example.yaml").read_text()
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "check-config", "--config", "/dev/stdin"],
+        input=example, capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [c["name"] for c in json.loads(result.stdout)["cameras"]] == ["door", "hall"]
+
+
 def test_the_shipped_example_configuration_is_valid():
     result = run_cli("edge", "check-config", "--config", ROOT / "systemd" / "edge.example.yaml")
     assert result.returncode == 0, result.stderr

@@ -310,15 +310,26 @@ def _variable_for(loc: tuple) -> str | None:
     return next((present[n] for n in sorted(present) if parts and n.startswith(below)), None)
 
 
+# A configuration is a few KiB; reading stops past this, so ``--config /dev/zero`` (or a
+# video named by mistake) is refused at once instead of filling the memory. Pipes still work
+# (``--config <(render-config)``).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        content = path.read_bytes()
+        with path.open("rb") as file:
+            content = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a configuration file") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the configuration: {error.strerror}") from None
+    if len(content) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a configuration file"
+        )
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError:
