@@ -25,6 +25,7 @@ import numpy as np
 
 from convert import EMOTIONS, FACE_SIZE, ConvertError
 from edge import MAX_IMAGE_PIXELS
+from edge.cli import not_a_file
 
 USAGES = ("Training", "PublicTest", "PrivateTest")
 # Folder names that hold each official split in the image-folder layouts seen in the wild.
@@ -95,8 +96,13 @@ def load_split(
         raise ConvertError(f"unknown usage {usage!r}: expected one of {', '.join(USAGES)}")
     if not root.exists():
         raise ConvertError(f"data path not found: {root}")
-    if votes is not None and not Path(votes).is_file():
-        raise ConvertError(f"--votes {votes}: no such file")
+    if votes is not None and (why := not_a_file(Path(votes), "votes file")):
+        raise ConvertError(f"--votes {votes}: {why}")
+    if not root.is_file() and not root.is_dir():
+        raise ConvertError(
+            f"{root}: not a regular file (a device or a pipe): expected a fer2013 .csv file or "
+            "a folder of images"
+        )
     if root.is_file():
         if root.suffix.lower() != ".csv":
             raise ConvertError(f"{root}: expected a fer2013 .csv file or a folder of images")

@@ -20,6 +20,7 @@ from convert import EMOTIONS, ConvertError, quiet_tensorflow
 from convert.data import load_split
 from convert.labels import NO_LABEL, ferplus_majority
 from convert.litert import face_predictor
+from edge.cli import not_a_file
 
 Predict = Callable[[np.ndarray], np.ndarray]  # (N, 48, 48) uint8 -> (N, 7) probabilities
 
@@ -72,8 +73,8 @@ def evaluate(
 
 def load_predictor(path: Path) -> tuple[Predict, Predict]:
     """(batch predictor, single-face predictor on one thread) for a .tflite or .keras model."""
-    if not path.is_file():
-        raise ConvertError(f"{path}: model file not found")
+    if why := not_a_file(path, "model file"):
+        raise ConvertError(f"{path}: {why}")
     if path.suffix == ".keras":
         return _keras_predictor(path)
     from edge.emotions import EmotionClassifier, ModelError

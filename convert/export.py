@@ -26,6 +26,7 @@ from convert.data import Split, load_split
 from convert.labels import accuracies, labellings, selection_score
 from convert.litert import BATCH, in_litert_process, predict_tflite
 from convert.recipe import QatRecipe, Recipe
+from edge.cli import not_a_file
 from edge.emotions import ModelMetadata
 
 if TYPE_CHECKING:
@@ -305,8 +306,8 @@ def load_keras_model(path: Path, flag: str = "") -> keras.Model:
 def check_keras_file(path: Path, flag: str = "") -> str:
     """What can be told of a model file without importing TensorFlow; its name for messages."""
     name = f"{flag} {path}" if flag else str(path)
-    if not path.is_file():
-        raise ConvertError(f"{name}: model file not found")
+    if why := not_a_file(path, "model file"):
+        raise ConvertError(f"{name}: {why}")
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):
         # Keras says "File not found" for a file that is there but not a zip archive.
         raise ConvertError(f"{name}: not a Keras model file (a .keras file is a zip archive)")

@@ -15,6 +15,7 @@ import keras
 from keras import layers
 
 from convert import EMOTIONS, FACE_SIZE, ConvertError
+from edge.cli import not_a_file
 
 BACKBONES = ("mobilenetv2", "resnet50")
 # Keras' BatchNorm momentum 0.999 (MobileNetV2) keeps ImageNet statistics for thousands of steps:
@@ -116,8 +117,8 @@ def weights_source(weights: str) -> str | None:
     if weights == "imagenet":
         return "imagenet"
     path = Path(weights)
-    if not path.is_file():
-        raise ConvertError(f"--weights {weights}: no such file (use imagenet, none or a file)")
+    if why := not_a_file(path, "weights file"):
+        raise ConvertError(f"--weights {weights}: {why} (use imagenet, none or a file)")
     return os.fspath(path)
 
 

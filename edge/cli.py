@@ -25,6 +25,19 @@ def unwritable(path: Path) -> str | None:
     return None
 
 
+def not_a_file(path: Path, what: str = "file") -> str | None:
+    """Why ``path`` cannot be read as ``what``, or None when it is a regular file: "not found"
+    for a folder or ``/dev/zero`` sent users looking for a file that is there (and reading a
+    device or a pipe would never end)."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return f"a folder, not a {what}"
+    if path.exists():
+        return f"not a regular file (a device or a pipe), not a {what}"
+    return f"{what} not found"
+
+
 def prog(module: str, script: str) -> str:
     """The name the user typed, for usage lines: the console script (``edge-emotion run``) or
     ``python -m edge``; one of them printed for the other is a command that does not exist."""

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from edge.cli import not_a_file
+
 if TYPE_CHECKING:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -170,8 +172,8 @@ class EmotionClassifier:
 
     def __init__(self, model_path: str | Path, num_threads: int = 1) -> None:
         self.path = Path(model_path)
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: model file not found")
+        if why := not_a_file(self.path, "model file"):
+            raise ModelError(f"{self.path}: {why}")
         try:
             content = self.path.read_bytes()
         except OSError as error:

@@ -288,7 +288,7 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
         ),
         (
             ("train", "--data", SAMPLE_CSV, "--weights", "/no/such.h5", "--out", "x.keras"),
-            "--weights /no/such.h5: no such file",
+            "--weights /no/such.h5: weights file not found",
         ),
         (("evaluate", "--model", SAMPLE_CSV, "--data", SAMPLE_CSV), "not a TFLite model"),
         (
@@ -306,6 +306,18 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
             "--qat-epochs fine-tunes for int8; it does not apply to float16",
         ),
         (("evaluate", "--model", "/no/model.tflite", "--data", SAMPLE_CSV), "model file not found"),
+        (
+            ("evaluate", "--model", "/dev/zero", "--data", SAMPLE_CSV),
+            "/dev/zero: not a regular file (a device or a pipe), not a model file",
+        ),
+        (
+            ("evaluate", "--model", SHIPPED, "--data", "/dev/zero"),
+            "/dev/zero: not a regular file (a device or a pipe): expected a fer2013 .csv file",
+        ),
+        (
+            ("evaluate", "--model", SHIPPED, "--data", SAMPLE_CSV, "--votes", "/dev/zero"),
+            "--votes /dev/zero: not a regular file (a device or a pipe), not a votes file",
+        ),
         (
             ("train", "--data", SAMPLE_CSV, "--augment", "crop", "--out", "x.keras"),
             "invalid choice: 'crop'",
@@ -346,6 +358,9 @@ def test_imagenet_download_failure_is_a_clear_error(tmp_path: Path):
         "not-tflite",
         "qat-not-int8",
         "missing-model",
+        "model-a-device",
+        "data-a-device",
+        "votes-a-device",
         "unknown-augmentation",
         "missing-keras",
         "negative-prior-rounds",
