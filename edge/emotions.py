@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -288,7 +289,14 @@ def _load_interpreter(path: Path, content: bytes, num_threads: int) -> Interpret
 def native_stderr_silenced() -> Iterator[None]:
     """LiteRT's C++ runtime prints ``INFO: Created TensorFlow Lite XNNPACK delegate for CPU.``
     straight to file descriptor 2 when an interpreter is built; stderr is the daemon's log, so
-    that line is kept out of it. Errors still reach the user as the exception's message."""
+    that line is kept out of it. Errors still reach the user as the exception's message.
+
+    Only while this is the process's one thread: fd 2 is process-wide, and a running daemon's
+    camera threads would lose their log lines meanwhile (a SIGHUP reload checks the model
+    while they run); there the INFO line is the lesser harm."""
+    if threading.active_count() > 1:
+        yield
+        return
     sys.stderr.flush()
     saved = os.dup(2)
     try:

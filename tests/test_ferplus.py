@@ -183,19 +183,24 @@ def test_a_teacher_s_predictions_are_learned(small_fer: Path, tmp_path: Path):
     dense.set_weights([np.zeros((48 * 48, 7), np.float32), bias])
     model.save(teacher)
     out = tmp_path / "student.keras"
+    predicted = _taught_student(small_fer, teacher, "fer2013", out)
+    assert json.loads(out.with_suffix(".history.json").read_text())["data"]["teachers"] == [
+        str(teacher)
+    ]
+    assert (predicted == EMOTIONS.index("happy")).mean() > 0.9
+
+
+def _taught_student(data: Path, teacher: Path, labels: str, out: Path) -> np.ndarray:
+    """A student trained on the teacher alone (``--teacher-weight 1``): its classes on val."""
     result = run_cli(
-        "convert", "train", "--data", small_fer, "--weights", MNV2_WEIGHTS, "--labels", "fer2013",
+        "convert", "train", "--data", data, "--weights", MNV2_WEIGHTS, "--labels", labels,
         "--teacher", teacher, "--teacher-weight", "1", "--label-smoothing", "0",
         "--class-weight-power", "0", "--learning-rate", "1e-3", "--out", out,
         *TINY[:4], "--head-epochs", "2", "--epochs", "2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(out.with_suffix(".history.json").read_text())["data"]["teachers"] == [
-        str(teacher)
-    ]
-    faces = np.stack(_val_faces(small_fer))[..., np.newaxis].astype(np.float32)
-    predicted = keras.saving.load_model(out).predict(faces, verbose=0).argmax(1)
-    assert (predicted == EMOTIONS.index("happy")).mean() > 0.9
+    faces = np.stack(_val_faces(data))[..., np.newaxis].astype(np.float32)
+    return keras.saving.load_model(out).predict(faces, verbose=0).argmax(1)
 
 
 def test_a_teacher_trained_elsewhere_teaches_through_its_predictions(
@@ -227,16 +232,7 @@ def test_a_teacher_trained_elsewhere_teaches_through_its_predictions(
         {"train": train["keys"]},
         {"train": {"fer2013": always("angry", n), "ferplus": always("happy", n)}},
     )
-    out = tmp_path / "student.keras"
-    result = run_cli(
-        "convert", "train", "--data", small_fer, "--weights", MNV2_WEIGHTS, "--labels", "ferplus",
-        "--teacher", teacher, "--teacher-weight", "1", "--label-smoothing", "0",
-        "--class-weight-power", "0", "--learning-rate", "1e-3", "--out", out,
-        *TINY[:4], "--head-epochs", "2", "--epochs", "2",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    faces = np.stack(_val_faces(small_fer))[..., np.newaxis].astype(np.float32)
-    predicted = keras.saving.load_model(out).predict(faces, verbose=0).argmax(1)
+    predicted = _taught_student(small_fer, teacher, "ferplus", tmp_path / "student.keras")
     assert (predicted == EMOTIONS.index("happy")).mean() > 0.9
 
     # Predictions for other faces are refused before any training, naming how many are missing.
