@@ -73,10 +73,10 @@ def evaluate(
 
 def load_predictor(path: Path) -> tuple[Predict, Predict]:
     """(batch predictor, single-face predictor on one thread) for a .tflite or .keras model."""
-    if why := not_a_file(path, "model file"):
-        raise ConvertError(f"{path}: {why}")
     if path.suffix == ".keras":
         return _keras_predictor(path)
+    if why := not_a_file(path, "model file"):
+        raise ConvertError(f"{path}: {why}")
     from edge.emotions import EmotionClassifier, ModelError
 
     try:
