@@ -43,9 +43,13 @@ def pack(splits: dict[str, Split], out: Path) -> int:
         arrays[f"{name}_keys_xz"] = _xz("\n".join(split.keys).encode())
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    with partial.open("wb") as file:
-        np.savez(file, **arrays)
-    partial.replace(out)
+    try:
+        with partial.open("wb") as file:
+            np.savez(file, **arrays)
+        partial.replace(out)
+    finally:
+        # An interrupted or failed write (Ctrl-C, disk full) leaves no 50 MB half-file behind.
+        partial.unlink(missing_ok=True)
     return out.stat().st_size
 
 
