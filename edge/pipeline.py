@@ -66,7 +66,9 @@ class CameraAnalysis:
         self.tracker, self.publisher, self.metrics = tracker, publisher, metrics
         self.interval = 1.0 / fps
         self.name = reader.camera.name
-        self.last_processed = 0.0  # monotonic time of the last analysed frame (watchdog)
+        # Monotonic time of the last analysed frame, for the watchdog. It starts at the start, so
+        # a camera slow to give its first frame gets the same grace as one that stopped.
+        self.last_processed = time.monotonic()
         self.next_due = 0.0  # monotonic time from which the next frame may be analysed
         self.last_tick = time.monotonic()
         self.failed_frames = 0

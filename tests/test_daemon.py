@@ -574,6 +574,28 @@ def test_systemd_ready_then_watchdog_pings_only_while_frames_flow(tmp_path, rtsp
     assert "exiting to be restarted before the systemd watchdog" in daemon.log()
 
 
+def test_a_camera_slow_to_start_gets_the_watchdogs_grace_before_a_restart(tmp_path, daemons):
+    """systemd starts the service with the camera still booting or the network still coming
+    up: the watchdog's grace (1.5 x WatchdogSec) counts from the start, as it does from a
+    camera's last frame. (It counted from the machine's boot: with the shipped unit the daemon
+    exited a second after start, again every 6 s, until a camera answered in time.)"""
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(30)
+    started = time.monotonic()
+    daemon = daemons(
+        {"cameras": [{"name": "door", "source": f"rtsp://127.0.0.1:{free_port()}/live"}]},
+        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "4000000"},
+    )
+    assert sock.recv(256) == b"READY=1"
+    assert sock.recv(256) == b"WATCHDOG=1", daemon.log()
+    # No frame ever comes: it still stops itself, after the grace and not before.
+    assert daemon.proc.wait(timeout=30) == 1
+    assert time.monotonic() - started >= 4
+    assert "exiting to be restarted before the systemd watchdog" in daemon.log()
+
+
 @pytest.mark.parametrize(
     "answer", [b"HTTP/1.0 400 Bad Request\r\n\r\n", None], ids=["http", "silent"]
 )
