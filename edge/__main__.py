@@ -30,6 +30,7 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from edge.config import ConfigError, EdgeConfig, load_config  # noqa: E402
+from edge.config.camera import mask_urls  # noqa: E402
 from edge.emotions import ModelError  # noqa: E402
 
 EXIT_CONFIG = 2
@@ -45,7 +46,7 @@ def _run_command(argv: list[str]) -> int:
     try:
         return args.command(args)
     except (ConfigError, ModelError) as error:
-        print(f"edge {args.name}: error: {error}", file=sys.stderr)
+        print(f"edge {args.name}: error: {mask_urls(str(error))}", file=sys.stderr)
         return EXIT_CONFIG
     except BrokenPipeError:
         # The reader went away (`check-config | head`): not an error of ours. Point stdout at

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,13 @@ import cv2
 import numpy as np
 
 from edge import DEFAULT_MODEL, MAX_IMAGE_PIXELS
+from edge.config.camera import mask_urls
 from edge.emotions import EmotionClassifier, native_stderr_silenced
 from edge.faces import FaceDetector, crop, to_gray
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
+# ``rtsp://cam/x`` as pathlib keeps it (``rtsp:/cam/x``), when no such file exists.
+STREAM_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
 ANIMATED_SUFFIXES = {".gif"}  # OpenCV reads one frame of these; FFmpeg reads them all
 
 
@@ -80,7 +84,7 @@ def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
         except BrokenPipeError:
             raise  # the reader of our output went away: stop (edge.__main__ ends quietly)
         except (OSError, cv2.error) as error:
-            print(f"edge analyze: error: {error}", file=sys.stderr)
+            print(f"edge analyze: error: {mask_urls(str(error))}", file=sys.stderr)
             failures += 1
     return 1 if failures else 0
 
@@ -89,6 +93,11 @@ def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
     if path.is_dir():
         raise OSError(f"{path}: a directory, not an image or video")
     if not path.exists():
+        if STREAM_URL.match(str(path)):
+            raise OSError(
+                f"{path}: a stream URL; analyze reads image and video files (a camera goes in "
+                "the configuration of `edge run`)"
+            )
         if path.is_symlink():
             raise OSError(f"{path}: a symbolic link to nothing (broken, or a loop)")
         raise OSError(f"{path}: no such file")

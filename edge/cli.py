@@ -49,7 +49,9 @@ class OneLineParser(argparse.ArgumentParser):
     prints the whole usage first, which a journal shows as several unrelated lines)."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        from edge.config.camera import mask_urls  # a URL typed where it does not belong
+
+        print(f"{self.prog}: error: {mask_urls(message)} (see --help)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -100,6 +100,8 @@ class ModelMetadata:
             raise
         except (ValueError, TypeError, KeyError) as error:
             raise ModelError(f"{path}: invalid model metadata: {error}") from None
+        except RecursionError:
+            raise ModelError(f"{path}: invalid model metadata: nested too deeply") from None
         except OSError as error:
             raise ModelError(f"{path}: cannot read the model metadata: {error.strerror}") from None
         if not isinstance(meta.test_time_flip, bool):

@@ -92,6 +92,23 @@ mqtt: {host: localhost, username: edge, password: hunter2}
             "cameras: [{name: a, source: 'rtsp://u:s3:cret@cam:99999/live'}]",
             "cameras.0.source: the port of a rtsp URL must be 1 to 65535",
         ),
+        (
+            'cameras: [{name: a, source: "rtsp://cam/x\\nINFO forged"}]',
+            "cameras.0.source: holds a control character",
+        ),
+        ('cameras: [{name: a, source: "\u0663"}]', "cameras.0.source: no such video file"),
+        (f"cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {{host: a..b}}", "mqtt.host: not a valid"),
+        (f"cameras: [{{name: a, source: {CLIP}}}]\nmetrics: {{host: a..b}}", "metrics.host"),
+        (f"cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {{host: '[::1'}}", "mqtt.host: expected"),
+        (
+            f'cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {{host: h, topic_prefix: "e\\0x"}}',
+            "mqtt.topic_prefix: String should match",
+        ),
+        (
+            f"MQTT: {{host: h, password: s3cret}}\ncameras: [{{name: a, source: {CLIP}}}]\n"
+            "mqtt: {host: h}",
+            "MQTT and mqtt are the same section",
+        ),
     ],
     ids=[
         "typo",
@@ -118,6 +135,13 @@ mqtt: {host: localhost, username: edge, password: hunter2}
         "url-without-host",
         "source-with-space",
         "port-out-of-range",
+        "line-break-in-source",
+        "arabic-indic-digit",
+        "empty-host-label",
+        "empty-metrics-host-label",
+        "unbalanced-bracket",
+        "nul-in-topic",
+        "section-twice-in-other-case",
     ],
 )
 def test_bad_configuration_exits_2_naming_the_key(tmp_path, text, expected):
@@ -234,6 +258,19 @@ def test_one_camera_setting_comes_from_the_environment_by_index(tmp_path, monkey
             {"EDGE_CAMERAS__0__FPS": "5", "EDGE_CAMERAS": '[{"name": "a", "source": "0"}]'},
             "environment: EDGE_CAMERAS__0__FPS and EDGE_CAMERAS both set the cameras: "
             "use one or the other",
+        ),
+        *(
+            (
+                {name: "rtsp://u:s3cret@h/x"},
+                f"environment: {name} is not a camera setting (EDGE_CAMERAS__<index>__<key>, "
+                "the index from 0: EDGE_CAMERAS__0__SOURCE)",
+            )
+            for name in ("EDGE_CAMERAS__O__SOURCE", "EDGE_CAMERAS__SOURCE", "EDGE_CAMERAS__0")
+        ),
+        (
+            {"EDGE_WORKERS__X": "1"},
+            "environment: EDGE_WORKERS__X is not a setting: workers is a value, not a section "
+            "(EDGE_WORKERS=…)",
         ),
     ],
 )

@@ -232,13 +232,17 @@ def test_the_spool_is_kept_until_its_events_are_delivered_and_bad_lines_are_skip
     tmp_path, daemons
 ):
     """A crash while the broker is still away must not lose the last run's events; a damaged
-    line is skipped (not a crash), and another device's lines are left where they are."""
+    line is skipped (not a crash, also not one that is not UTF-8), another device's lines are
+    left where they are, and this device's events from before a topic_prefix change are sent
+    where its subscribers now listen."""
     spool = tmp_path / "state" / "edge-emotion" / "porch.undelivered.jsonl"  # XDG_STATE_HOME
     spool.parent.mkdir(parents=True)
     ours = json.dumps({"topic": "edge-emotion/porch/door/event", "payload": '{"kept":1}'})
     theirs = json.dumps({"topic": "edge-emotion/other/door/event", "payload": '{"kept":2}'})
+    moved = json.dumps({"topic": "old-site/porch/door/event", "payload": '{"kept":3}'})
     wildcard = json.dumps({"topic": "edge-emotion/porch/+/event", "payload": "{}"})
-    spool.write_text("\n".join([ours, wildcard, "garbage", theirs]) + "\n")
+    surrogate = '{"topic": "edge-emotion/porch/door/event", "payload": "\\ud800"}'
+    spool.write_text("\n".join([ours, wildcard, "garbage", surrogate, moved, theirs]) + "\n")
     port = free_port()
     config = {
         "device_id": "porch",
@@ -247,8 +251,9 @@ def test_the_spool_is_kept_until_its_events_are_delivered_and_bad_lines_are_skip
         "tracking": {"heartbeat_s": 0},
     }
     crashed = daemons(config)
-    crashed.wait_log(lambda log: "sending 1 undelivered events of the last run" in log, 30)
-    assert "2 unreadable lines skipped; 1 lines of other devices left in it" in crashed.log()
+    crashed.wait_log(lambda log: "sending 2 undelivered events of the last run" in log, 30)
+    assert "1 of them under the current topic prefix" in crashed.log()
+    assert "3 unreadable lines skipped; 1 lines of other devices left in it" in crashed.log()
     crashed.kill()  # while the broker is still away
     assert ours in spool.read_text()
 
@@ -257,7 +262,12 @@ def test_the_spool_is_kept_until_its_events_are_delivered_and_bad_lines_are_skip
     try:
         sub.wait_subscribed()
         daemon = daemons(config)
-        sub.wait_for(lambda ms: any(m.payload == b'{"kept":1}' for m in ms), timeout=30)
+        received = sub.wait_for(
+            lambda ms: {b'{"kept":1}', b'{"kept":3}'} <= {m.payload for m in ms}, timeout=30
+        )
+        assert {m.topic for m in received if m.payload == b'{"kept":3}'} == {
+            "edge-emotion/porch/door/event"
+        }
         deadline = time.monotonic() + 10
         while ours in spool.read_text():  # a file: polled
             assert time.monotonic() < deadline, spool.read_text()

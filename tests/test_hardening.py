@@ -129,8 +129,21 @@ def test_a_configuration_error_never_prints_a_secret(tmp_path, config, env):
         ("mqtt:\n  host: h\n  password: !hunter2\n", "line 4, column 13"),
         ("mqtt:\n  host: h\n  password: |hunter2\n", "line 4, column 14"),
         ("mqtt:\n  host: h\n  username: u\n  password: &hunter2\n", "line 5, column 13"),
+        ("mqtt:\n  host: h\n  password: !!int hunter2\n", "line 4, column 13"),
+        ("mqtt:\n  host: h\n  password: !!bool hunter2\n", "line 4, column 13"),
+        ("mqtt:\n  host: h\n  password: !!binary hunter2\n", "line 4, column 13"),
     ],
-    ids=["colon-in-password", "unclosed-quote", "alias", "tag", "block-scalar", "anchor"],
+    ids=[
+        "colon-in-password",
+        "unclosed-quote",
+        "alias",
+        "tag",
+        "block-scalar",
+        "anchor",
+        "int-tag",
+        "bool-tag",
+        "binary-tag",
+    ],
 )
 def test_a_yaml_mistake_on_a_secret_line_names_the_place_not_the_text(tmp_path, text, line):
     path = tmp_path / "edge.yaml"
@@ -161,6 +174,8 @@ def test_check_config_masks_credentials_by_structure(tmp_path):
         "rtsp://192.0.2.6/live?user_password=hunter2&pw=t0psecret",
         "rtsp://192.0.2.7/live;credentials=hunter2",
         "rtsp://192.0.2.8/live?u=admin&p=t0psecret&subtype=0",
+        "rtsp://admin:[hunter2]@192.0.2.9/x",  # a URL parser reads [...] as an IPv6 host
+        "rtsp://admin:hunter2[@192.0.2.10/x",
     ]
     path.write_text(
         yaml.safe_dump({"cameras": [{"name": f"c{i}", "source": s} for i, s in enumerate(sources)]})
@@ -648,3 +663,50 @@ def test_a_usage_error_is_one_line_and_exit_2(args):
     result = run_cli("edge", *args)
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1 and "error:" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "rtsp://admin:hunter2@192.0.2.1/x"],
+        ["analyze", "rtsp://admin:hunter2@192.0.2.1/x"],
+        ["analyze", "--model", "rtsp://admin:hunter2@192.0.2.1/m.tflite", str(CLIP)],
+        ["check-config", "--config", "rtsp://admin:hunter2@192.0.2.1/edge.yaml"],
+    ],
+    ids=["run-argument", "analyze-path", "model-path", "config-path"],
+)
+def test_a_camera_url_typed_on_the_command_line_is_refused_without_its_password(args):
+    """A user tries the camera's URL where a file goes: the error says so, and the terminal
+    (or the shell's log, or a screenshot in a bug report) does not show the password."""
+    result = run_cli("edge", *args)
+    assert result.returncode != 0
+    assert "hunter2" not in result.stdout + result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "192.0.2.1" in result.stderr
+    if args[0] == "analyze" and args[1] != "--model":
+        assert "a stream URL; analyze reads image and video files" in result.stderr
+
+
+def test_a_yaml_file_that_expands_or_nests_without_end_is_one_line(tmp_path):
+    """A few KiB of YAML can be thousands of aliases to one mapping, or nesting deeper than
+    Python's stack: one line, exit 2, at once; not a traceback, nor a line of megabytes."""
+    path = tmp_path / "edge.yaml"
+    unknown = ", ".join(f"k{i}: 1" for i in range(50))
+    path.write_text(f"base: &b {{{unknown}}}\ncameras: [" + ", ".join(["*b"] * 2000) + "]\n")
+    assert "more than 100 aliases" in one_line_exit_2(run_daemon(path))
+    path.write_text("cameras: " + "[" * 3000 + "]" * 3000 + "\n")
+    assert "nested too deeply" in one_line_exit_2(run_daemon(path))
+    (tmp_path / "ok.yaml").write_text(f"cameras: [{{name: a, source: {CLIP}}}]\n")
+    deep = {"EDGE_CAMERAS": "[" * 5000 + "]" * 5000}
+    assert "nested too deeply" in one_line_exit_2(run_daemon(tmp_path / "ok.yaml", deep))
+
+
+def test_many_problems_are_one_readable_line(tmp_path):
+    """Aliases within the limit can still repeat a mistake many times: the line lists the
+    first problems and counts the rest."""
+    path = tmp_path / "edge.yaml"
+    unknown = ", ".join(f"k{i}: 1" for i in range(40))
+    path.write_text(
+        f"c: &c {{name: a, source: {CLIP}, {unknown}}}\ncameras: [" + ", ".join(["*c"] * 50) + "]"
+    )
+    line = one_line_exit_2(run_daemon(path))
+    assert line.count("unknown key") == 20 and "more problems" in line and len(line) < 2000

@@ -23,9 +23,14 @@ log = logging.getLogger(__name__)
 
 class Spool:
     def __init__(self, path: Path, base: str) -> None:
-        self.path = path
-        # <prefix>/<device_id>/<camera>/event, camera a name (no wildcards, no levels).
-        self._ours = re.compile(re.escape(base) + r"/[A-Za-z0-9_-]+/event")
+        self.path, self.base = path, base
+        # <prefix>/<device_id>/<camera>/event, camera a name (no wildcards, no levels). This
+        # device's events under an earlier topic_prefix are ours too: the file is this device's
+        # (named for its id), and nobody may listen under the old prefix any more.
+        device_id = base.rpartition("/")[2]
+        self._ours = re.compile(
+            r"(?:[^#+\s]+/)?" + re.escape(device_id) + r"/([A-Za-z0-9_-]+)/event"
+        )
         self._any_event = re.compile(r"[^#+\s]+/[A-Za-z0-9_-]+/event")
         self._others: list[str] = []
 
@@ -54,26 +59,31 @@ class Spool:
         except OSError as error:
             log.error("cannot read the spool %s: %s", self.path, error.strerror or error)
             return []
-        events, bad = [], 0
+        events, bad, moved = [], 0, 0
         for line in text.splitlines():
             try:
                 item = json.loads(line)
-                topic, payload = item["topic"], item["payload"]
-            except (ValueError, TypeError, KeyError):
+                topic, payload = item["topic"], item["payload"].encode()
+            except (ValueError, TypeError, KeyError, AttributeError):
+                # Not JSON, not an event, or text that is no UTF-8 ("\ud800"): one damaged
+                # line must not stop every start.
                 bad += 1
                 continue
-            if not isinstance(topic, str) or not isinstance(payload, str):
+            if not isinstance(topic, str):
                 bad += 1
-            elif self._ours.fullmatch(topic):
-                events.append((topic, payload.encode()))
+            elif ours := self._ours.fullmatch(topic):
+                current = f"{self.base}/{ours.group(1)}/event"
+                moved += current != topic
+                events.append((current, payload))
             elif self._any_event.fullmatch(topic):
                 self._others.append(line)  # another device's (or topic prefix's): left alone
             else:
                 bad += 1  # not an event topic at all (a wildcard would stop the publisher)
         log.info(
-            "sending %d undelivered events of the last run (from %s)%s%s",
+            "sending %d undelivered events of the last run (from %s)%s%s%s",
             len(events),
             self.path,
+            f", {moved} of them under the current topic prefix, not their old one" if moved else "",
             f"; {bad} unreadable lines skipped" if bad else "",
             f"; {len(self._others)} lines of other devices left in it" if self._others else "",
         )
@@ -90,10 +100,13 @@ class Spool:
                 return None
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(self.path.name + ".partial")
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write("\n".join(lines) + "\n")
-            os.replace(partial, self.path)
+            try:
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write("\n".join(lines) + "\n")
+                os.replace(partial, self.path)
+            finally:
+                partial.unlink(missing_ok=True)  # a full disk: no half file left filling it
         except OSError as error:
             return str(error.strerror or error)
         return None

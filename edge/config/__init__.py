@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import re
 import socket
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import (
+    BaseModel,
     Field,
     FilePath,
     ValidationError,
@@ -190,7 +192,7 @@ class _WithoutCameraVariables(PydanticBaseSettingsSource):
         return data
 
 
-CAMERA_VARIABLE = re.compile(rf"(?i)^{ENV_PREFIX}CAMERAS__(\d+)__(.+)$")
+CAMERA_VARIABLE = re.compile(rf"(?i)^{ENV_PREFIX}CAMERAS__([0-9]+)__(.+)$")
 
 
 def _camera_variables(raw: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +259,8 @@ def load_config(
             f"environment: EDGE_{field.upper()} is not valid JSON (lists and sections given "
             "in one variable must be JSON)"
         ) from None
+    except RecursionError:  # EDGE_CAMERAS='[[[[…' (the file's own nesting is refused as read)
+        raise ConfigError("environment: a variable's JSON is nested too deeply") from None
     except OSError as error:  # a file the configuration names exists but this user cannot read
         raise ConfigError(
             f"{where}cannot read {error.filename}: {error.strerror} "
@@ -267,15 +271,37 @@ def load_config(
 def _refuse_unknown_variables() -> None:
     """An ``EDGE_*`` variable that names no setting (``EDGE_MQTT_HOST`` for ``EDGE_MQTT__HOST``)
     would be ignored by pydantic-settings, and the daemon would run without what it says."""
-    known = {name.upper() for name in EdgeConfig.model_fields}
+    fields = EdgeConfig.model_fields
+    known = {name.upper() for name in fields}
+    sections = {name.upper() for name, field in fields.items() if _is_section(field.annotation)}
     for variable in sorted(os.environ):
         name = variable.upper()
-        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX) :].split("__")[0] not in known:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        first, *deeper = name[len(ENV_PREFIX) :].split("__")
+        if first not in known:
             raise ConfigError(
                 f"environment: {variable} is not a setting (EDGE_ + a key, with __ between "
                 "levels: EDGE_MQTT__HOST; top-level keys: "
                 f"{', '.join(sorted(EdgeConfig.model_fields))})"
             )
+        # Below a list or a value pydantic-settings ignores the variable without a word.
+        if deeper and first == "CAMERAS" and not CAMERA_VARIABLE.match(variable):
+            raise ConfigError(
+                f"environment: {variable} is not a camera setting (EDGE_CAMERAS__<index>__<key>, "
+                "the index from 0: EDGE_CAMERAS__0__SOURCE)"
+            )
+        if deeper and first not in sections | {"CAMERAS"}:
+            raise ConfigError(
+                f"environment: {variable} is not a setting: {first.lower()} is a value, not a "
+                f"section (EDGE_{first}=…)"
+            )
+
+
+def _is_section(annotation: Any) -> bool:
+    """A settings section (``MqttConfig``, also ``MqttConfig | None``), not a value."""
+    found = [annotation, *typing.get_args(annotation)]
+    return any(isinstance(t, type) and issubclass(t, BaseModel) for t in found)
 
 
 def _source_of(error: ValidationError, path: str | os.PathLike | None) -> str:
@@ -340,16 +366,58 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML{_where(error)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply, not a configuration") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    _refuse_sections_twice(path, data)
     return data
+
+
+def _refuse_sections_twice(path: Path, data: dict) -> None:
+    """Top-level keys are read without regard to case (as the EDGE_* variables are): ``MQTT:``
+    and ``mqtt:`` in one file are one section given twice, and one of them would be dropped."""
+    seen: dict[str, str] = {}
+    for key in data:
+        folded = str(key).casefold()
+        if folded in seen:
+            raise ConfigError(
+                f"{path}: {_key_part(seen[folded])} and {_key_part(str(key))} are the same "
+                "section (keys ignore case at the top level): give it once"
+            )
+        seen[folded] = str(key)
+
+
+# Aliases (``*defaults``) are for sharing a camera's settings, a few times; thousands of them
+# make a small file expand into a huge tree whose every problem would be listed.
+MAX_ALIASES = 100
 
 
 class _StrictLoader(yaml.SafeLoader):
     """Safe YAML that refuses a key given twice in one mapping: YAML keeps the last silently,
-    so a second ``mqtt:`` block would drop the first one's password without a word."""
+    so a second ``mqtt:`` block would drop the first one's password without a word. It also
+    refuses explicit tags (``!!int``, ``!!binary``): the configuration needs none, and their
+    constructors fail with the value in the message (``password: !!int hunter2``)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"more than {MAX_ALIASES} aliases (*name)", event.start_mark
+                )
+        elif getattr(event, "tag", None) not in (None, "!"):
+            raise yaml.composer.ComposerError(
+                None, None, "an explicit tag (!!type or !name) is not used here", event.start_mark
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen: set = set()
@@ -407,11 +475,16 @@ def _quoted_if_harmless(match: re.Match) -> str:
 HIDDEN_IN = ("@", "://", "=", "{", "[", '"')
 
 
+# A journal line stays readable; the first problems are the ones to fix first anyway.
+MAX_PROBLEMS = 20
+
+
 def describe(error: ValidationError) -> str:
     """Every problem, ``; ``-separated on one line (a start-up failure is one journal line):
     ``cameras.0.fps: Input should be greater than 0 (got -1); mqtt.qos: ...``."""
     parts = []
-    for problem in error.errors():
+    problems = error.errors()
+    for problem in problems[:MAX_PROBLEMS]:
         key = ".".join(_key_part(str(part)) for part in problem["loc"]) or "(top level)"
         message = (
             "unknown key"
@@ -422,6 +495,8 @@ def describe(error: ValidationError) -> str:
             message += " (a space is needed after ':' in key: value)"
         part = f"{key}: {message}{_shown(problem, key)}{_from_variable(problem)}"
         parts.append(mask_urls(" ".join(part.split())))  # a message's own newlines too
+    if len(problems) > MAX_PROBLEMS:
+        parts.append(f"and {len(problems) - MAX_PROBLEMS} more problems")
     return "; ".join(parts)
 
 

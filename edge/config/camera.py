@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
@@ -16,6 +15,11 @@ NAME_PATTERN = r"^[A-Za-z0-9_-]+$"  # safe as one MQTT topic level and as a metr
 STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "udp", "tcp")
 # OpenCV takes an index as a C int and V4L2 numbers devices from 0; no machine has 1000 cameras.
 MAX_USB_INDEX = 999
+# A URL's scheme, read without a URL parser: ``urlsplit`` reads ``[...]`` after the ``@`` of
+# credentials as an IPv6 host and its error quotes what is inside (the password).
+SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+# A newline in a source would forge lines in the log and in the live view's camera list.
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class CameraConfig(Section):
@@ -38,8 +42,8 @@ class CameraConfig(Section):
             raise ValueError(
                 "expected a stream URL, a USB camera index or a video file, not a boolean"
             )
-        if isinstance(value, str) and value.isdigit():
-            value = int(value)
+        if isinstance(value, str) and value.isascii() and value.isdigit():
+            value = int(value)  # not "٣": Python's int() reads other scripts' digits too
         if isinstance(value, int):
             if not 0 <= value <= MAX_USB_INDEX:
                 raise ValueError(f"a USB camera index must be 0 to {MAX_USB_INDEX}")
@@ -48,7 +52,9 @@ class CameraConfig(Section):
             return value  # pydantic names the wrong type
         if value != value.strip():
             raise ValueError("starts or ends with white space (quote the value without it)")
-        scheme = urlsplit(value).scheme.lower() if ":" in value else ""
+        if CONTROL.search(value):
+            raise ValueError("holds a control character (a line break?)")
+        scheme = match.group(1).lower() if (match := SCHEME.match(value)) else ""
         if value.startswith("/dev/"):
             return value
         if scheme in STREAM_SCHEMES:
@@ -141,6 +147,12 @@ def _mask_pair(match: re.Match) -> str:
     return match.group(0) if key.lower() in SHOWN_KEYS else f"{key}=***"
 
 
+# A URL given where a path goes (``edge analyze rtsp://user:pass@cam/x``) comes back from
+# ``pathlib`` with one slash: ``rtsp:/user:pass@cam/x``.
+COLLAPSED_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/)[^/\s]\S*@")
+
+
 def mask_urls(text: str) -> str:
     """Every URL inside ``text`` masked (error messages may quote a source)."""
-    return URL.sub(lambda m: mask_url(m.group(0)), text)
+    text = URL.sub(lambda m: mask_url(m.group(0)), text)
+    return COLLAPSED_URL.sub(lambda m: f"{m.group(1)}***:***@", text)

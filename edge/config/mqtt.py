@@ -17,7 +17,7 @@ from pydantic import (
 from edge.config.section import Section
 
 # A host name, IPv4 or IPv6 address (bracketed or not).
-HOST = re.compile(r"^[^\s/@:\[\]]+$|^\[?[0-9A-Fa-f:.]+\]?$")
+HOST = re.compile(r"^[^\s/@:\[\]\x00-\x1f\x7f]+$|^\[[0-9A-Fa-f:.]+\]$|^[0-9A-Fa-f:.]+$")
 
 
 def host_only(value: str) -> str:
@@ -29,6 +29,12 @@ def host_only(value: str) -> str:
             "expected a host name or IP address only (the port has its own key; credentials "
             "do not go here)"
         )
+    try:
+        value.encode("idna")  # what the resolver does with it: it fails on "a..b" in a thread
+    except UnicodeError:
+        raise ValueError(
+            "not a valid host name (an empty part between dots, or a part over 63 characters)"
+        ) from None
     return value.removeprefix("[").removesuffix("]")
 
 
@@ -50,7 +56,9 @@ def no_qos_2(value: int) -> int:
 Host = Annotated[str, Field(min_length=1, max_length=253), AfterValidator(host_only)]
 # Topic levels without wildcards or blanks; not starting with "$" (reserved for the broker's
 # own topics, such as $SYS: a client cannot publish there).
-TOPIC_LEVEL = r"^[^/#+\s$][^/#+\s]*(/[^/#+\s]+)*$"
+# No control characters either: the broker refuses a topic with NUL as malformed UTF-8 and drops
+# the connection, at every reconnect.
+TOPIC_LEVEL = r"^[^/#+\s$\x00-\x1f\x7f][^/#+\s\x00-\x1f\x7f]*(/[^/#+\s\x00-\x1f\x7f]+)*$"
 
 
 class TlsConfig(Section):
