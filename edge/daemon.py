@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -102,11 +103,14 @@ class Daemon:
         metrics, view = self.config.metrics, self.config.view
         if metrics.enabled:
             self.metrics_port = listening("metrics", metrics.host, metrics.port, self.metrics.serve)
-            log.info("metrics on http://%s:%d/metrics", metrics.host, self.metrics_port)
         if view.enabled:
             self.view = listening(
                 "view", view.host, view.port, lambda h, p: ViewServer(h, p, self.cameras).start()
             )
+        # Said once both are bound: a start-up failure stays the one line that names it.
+        if self.metrics_port is not None:
+            log.info("metrics on http://%s:%d/metrics", metrics.host, self.metrics_port)
+        if self.view is not None:
             log.info("live view on http://%s:%d/", view.host, self.view.port)
         self.publisher.start()
         self.pool.start()
@@ -196,11 +200,39 @@ class Daemon:
             try:
                 config = self.reread()
                 EmotionClassifier(config.model.path)  # the model start-up would load
+                self._check_new_ports(config)
             except (ConfigError, ModelError) as error:
                 log.error("reload refused, still running the previous configuration: %s", error)
                 return
+            except Exception as error:  # a reload must never end the daemon
+                # Not its text: an unforeseen error may quote the file's values (a password).
+                log.error(
+                    "reload refused, still running the previous configuration: the new one "
+                    "cannot be checked (%s); `edge check-config` names the problem",
+                    type(error).__name__,
+                )
+                return
         self.reload_requested = True
         self.stop_requested.set()
+
+    def _check_new_ports(self, config: EdgeConfig) -> None:
+        """A port the new configuration moves to must be free: the new process would fail to
+        start on it, with exit code 2, which systemd does not restart. Ports kept are ours."""
+        for what, new, old in (
+            ("metrics", config.metrics, self.config.metrics),
+            ("view", config.view, self.config.view),
+        ):
+            moved = not old.enabled or (new.host, new.port) != (old.host, old.port)
+            if new.enabled and moved and new.port != 0:
+                listening(what, new.host, new.port, _bind_and_close)
+
+
+def _bind_and_close(host: str, port: int) -> None:
+    """Whether a server could listen on ``host:port`` now (as ``listening`` reports it)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does
+        probe.bind(address)
 
 
 def make_publisher(config: EdgeConfig) -> Publisher:

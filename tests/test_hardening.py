@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -262,7 +263,7 @@ def test_reloads_while_starting_up_never_kill_the_daemon(tmp_path):
     assert "Traceback" not in log.read_text()
 
 
-@pytest.mark.parametrize("broken", ["fps", "model"])
+@pytest.mark.parametrize("broken", ["fps", "model", "port"])
 def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(
     daemons,  # noqa: F811
     tmp_path,
@@ -270,7 +271,8 @@ def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(
 ):
     """A typo saved before a reload stopped the daemon with exit code 2, which supervisors do
     not restart: every camera dark until someone looked. A model start-up would refuse (here:
-    without its metadata) is refused by the reload just the same."""
+    without its metadata), or a metrics port another program holds, is refused by the reload
+    just the same."""
     good = {"name": "clip", "source": str(CLIP), "loop": True, "fps": 5}
     daemon = daemons({"cameras": [good]})
     daemon.wait_metric('edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 1, 30)
@@ -280,6 +282,10 @@ def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(
         model = tmp_path / "bare.tflite"
         model.write_bytes(b"\0\0\0\0TFL3" + bytes(64))
         config = {"cameras": [{**camera, "fps": 5}], "model": {"path": str(model)}}
+    taken = socket.create_server(("127.0.0.1", 0))  # another program's port
+    port = taken.getsockname()[1]
+    if broken == "port":
+        config = {"cameras": [good], "metrics": {"port": port}}
     daemon.config.write_text(yaml.safe_dump(config))
     daemon.proc.send_signal(signal.SIGHUP)
     log = daemon.wait_log(lambda text: "reload refused" in text, timeout=30)
@@ -288,9 +294,15 @@ def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(
         'edge_emotion_frames_processed_total{camera="clip"}', lambda v: v > before, 30
     )
     assert daemon.stop() == 0
+    taken.close()
     line = next(line for line in log.splitlines() if "reload refused" in line)
     assert "still running the previous configuration" in line
-    assert ("cameras.0.fps" if broken == "fps" else "model metadata not found") in line
+    expected = {
+        "fps": "cameras.0.fps",
+        "model": "model metadata not found",
+        "port": f"metrics 127.0.0.1:{port}: cannot serve: Address already in use",
+    }[broken]
+    assert expected in line
     assert "hunter2" not in daemon.log()
 
 
@@ -603,16 +615,18 @@ def test_start_up_failures_are_one_line_and_exit_2(tmp_path, change, env, expect
     one_line_exit_2(run_daemon(path, env))
 
 
-def test_a_metrics_port_in_use_is_one_line_and_exit_2(tmp_path):
-    import socket
-
+@pytest.mark.parametrize("server", ["metrics", "view"])
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path, server):
+    """Also the live view's, bound after the metrics: nothing is said before the error."""
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         path = tmp_path / "edge.yaml"
-        config = {"cameras": [{"name": "a", "source": str(CLIP)}], "metrics": {"port": port}}
+        config = {"cameras": [{"name": "a", "source": str(CLIP)}], server: {"port": port}}
+        if server == "view":
+            config |= {"view": {"enabled": True, "port": port}, "metrics": {"port": 0}}
         path.write_text(yaml.safe_dump(config))
         line = one_line_exit_2(run_daemon(path))
-    assert f"metrics 127.0.0.1:{port}: cannot serve" in line
+    assert f"{server} 127.0.0.1:{port}: cannot serve" in line
 
 
 @pytest.mark.parametrize(
