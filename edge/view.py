@@ -7,11 +7,15 @@ face's box, track id, emotion and confidence drawn on it.
 
 Privacy: frames are JPEG-encoded in memory only when a client asks for a snapshot (the page asks
 once a second while it is open), never written to disk, never published on MQTT. Anyone who can
-reach the port sees the cameras: it listens on loopback unless configured otherwise.
+reach the port sees the cameras: it listens on loopback unless configured otherwise. On loopback
+it answers only requests addressed to a loopback name (``Host: localhost:…``, ``127.0.0.1``,
+``[::1]``): a web page the operator visits could otherwise point its own host name at 127.0.0.1
+(DNS rebinding) and read the snapshots.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import sys
@@ -66,6 +70,7 @@ class ViewServer:
         self.cameras = {camera.name: camera for camera in cameras}
         handler = type("Handler", (_Handler,), {"view": self})
         self._server = _Server((host, port), handler)  # raises OSError (port used)
+        self.loopback_only = _is_loopback(host)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="view", daemon=True)
@@ -85,6 +90,22 @@ class ViewServer:
         quality = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
         ok, jpeg = cv2.imencode(".jpg", draw(camera.shown), quality)
         return jpeg.tobytes() if ok else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """``localhost:9109`` -> ``localhost``; ``[::1]:9109`` -> ``::1``."""
+    if header.startswith("["):
+        return header[1:].partition("]")[0]
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
 
 
 class _Server(ThreadingHTTPServer):
@@ -108,6 +129,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
+        host = self.headers.get("Host")
+        if self.view.loopback_only and host is not None and not _is_loopback(_host_name(host)):
+            body = b"forbidden: open the view as http://localhost:<port>/ or http://127.0.0.1:<port>/\n"
+            self._send(HTTPStatus.FORBIDDEN, "text/plain", body)
+            return
         if path == "/":
             self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode())
         elif path == "/api/cameras":

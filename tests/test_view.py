@@ -89,12 +89,33 @@ def test_snapshots_abandoned_by_the_browser_leave_no_traceback(viewed):
     port = int(base.rsplit(":", 1)[1])
     for _ in range(10):
         connection = socket.create_connection(("127.0.0.1", port))
-        connection.sendall(b"GET /snapshot/door.jpg HTTP/1.1\r\nHost: x\r\n\r\n")
+        connection.sendall(b"GET /snapshot/door.jpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         connection.close()  # RST, as an aborted fetch
     assert get(f"{base}/api/cameras")[0] == 200  # still serving
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.log(), daemon.log()
+
+
+def test_a_web_page_cannot_read_the_cameras_through_dns_rebinding(viewed):
+    """A page on evil.example that re-points its name to 127.0.0.1 makes the browser send
+    `Host: evil.example` to the view: refused. The view's own names are served."""
+    daemon, base = viewed
+    port = int(base.rsplit(":", 1)[1])
+    for host, status in [
+        (f"evil.example:{port}", 403),
+        ("evil.example", 403),
+        (f"localhost:{port}", 200),
+        (f"127.0.0.1:{port}", 200),
+    ]:
+        request = urllib.request.Request(f"{base}/api/cameras", headers={"Host": host})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                got = response.status
+        except urllib.error.HTTPError as error:
+            got = error.code
+        assert got == status, host
+    assert daemon.stop() == 0
 
 
 def test_the_page_renders_tiles_boxes_and_labels_in_a_real_browser(viewed, tmp_path):
