@@ -6,7 +6,12 @@ import os
 import signal
 import sys
 
-from edge.cli import Interrupts, OneLineParser, prog  # light: before the heavy imports
+from edge.cli import (  # light: before the heavy imports
+    Interrupts,
+    OneLineParser,
+    path_argument,
+    prog,
+)
 
 # A reload (SIGHUP) that arrives while the daemon starts, before its own handlers exist, would
 # end the process by default: a second `systemctl reload` within a second of the first left the
@@ -27,7 +32,6 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 from edge.config import ConfigError, EdgeConfig, load_config  # noqa: E402
 from edge.config.camera import mask_urls  # noqa: E402
@@ -61,19 +65,21 @@ def parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the daemon")
     run.set_defaults(command=run_daemon, name="run")
-    run.add_argument("--config", type=Path, help="YAML configuration (EDGE_* variables override)")
+    run.add_argument(
+        "--config", type=path_argument, help="YAML configuration (EDGE_* variables override)"
+    )
 
     demo = commands.add_parser("demo", help="run on a built-in sample clip, events to stdout")
     demo.set_defaults(command=run_demo, name="demo")
 
     check = commands.add_parser("check-config", help="validate and print the configuration")
     check.set_defaults(command=check_config, name="check-config")
-    check.add_argument("--config", type=Path)
+    check.add_argument("--config", type=path_argument)
 
     analyze = commands.add_parser("analyze", help="faces and emotions in image/video files")
     analyze.set_defaults(command=run_analyze, name="analyze")
-    analyze.add_argument("paths", type=Path, nargs="+")
-    analyze.add_argument("--model", type=Path, help="default: the shipped model")
+    analyze.add_argument("paths", type=path_argument, nargs="+")
+    analyze.add_argument("--model", type=path_argument, help="default: the shipped model")
     analyze.add_argument("--json", action="store_true", help="JSON lines (default: a table)")
     return top
 

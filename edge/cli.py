@@ -44,6 +44,14 @@ def prog(module: str, script: str) -> str:
     return script if os.path.basename(sys.argv[0]) == script else f"python -m {module}"
 
 
+def path_argument(text: str) -> Path:
+    """A path option's value; an empty one (``--config "$UNSET"``) is named as such, not read
+    as ``.``, the current folder, as ``Path("")`` is."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (is a variable unset?)")
+    return Path(text)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line and exit code 2, like every other start-up failure (argparse
     prints the whole usage first, which a journal shows as several unrelated lines)."""

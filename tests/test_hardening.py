@@ -724,3 +724,13 @@ def test_many_problems_are_one_readable_line(tmp_path):
     )
     line = one_line_exit_2(run_daemon(path))
     assert line.count("unknown key") == 20 and "more problems" in line and len(line) < 2000
+
+
+@pytest.mark.parametrize("args", [["check-config", "--config", ""], ["analyze", ""]])
+def test_an_empty_path_is_named_not_read_as_the_current_folder(args):
+    """`--config "$EDGE_CONFIG"` with the variable unset: the error says the path is empty
+    (it said '.: is a directory')."""
+    result = run_cli("edge", *args)
+    assert result.returncode == 2
+    assert "an empty path (is a variable unset?)" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
