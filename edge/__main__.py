@@ -17,12 +17,17 @@ from edge.cli import (  # light: before the heavy imports
 # end the process by default: a second `systemctl reload` within a second of the first left the
 # service dead. Remembered from the first moment instead, and acted on once running.
 _early_reloads: list[int] = []
+# A stop (SIGTERM) in that time is remembered too: as a container's PID 1 the process would
+# ignore it (the kernel drops default-handled signals to init), and `docker stop` would wait
+# its 10 s and kill it. Acted on as soon as the daemon exists: nothing is accepted yet.
+_early_stops: list[int] = []
 
 # `python -m edge` or the console script (which imports this module under its own name).
 _COMMAND_LINE = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "edge-emotion"
 # Ctrl-C: one line, also while importing (the daemon installs its own handler once running).
 _INTERRUPTS = Interrupts("edge") if _COMMAND_LINE else None
 if _COMMAND_LINE and sys.argv[1:2] in (["run"], ["demo"]):
+    signal.signal(signal.SIGTERM, lambda signum, _frame: _early_stops.append(signum))
     signal.signal(signal.SIGHUP, lambda signum, _frame: _early_reloads.append(signum))
     # A reload re-executes with SIGHUP blocked (reload_in_place): one sent while the new
     # interpreter started waited, pending, and arrives here.
@@ -105,6 +110,9 @@ def serve(config: EdgeConfig, reread: Callable[[], EdgeConfig] | None = None) ->
     tune_opencv(len(config.cameras))
     daemon = Daemon(config, reread=reread)
     daemon.install_signal_handlers()
+    if _early_stops:
+        logging.getLogger("edge").info("stopped while starting (SIGTERM)")
+        return 0
     if _early_reloads:
         daemon.request_reload()  # starts, then restarts at once with the configuration re-read
     code = daemon.run()

@@ -734,3 +734,47 @@ def test_an_empty_path_is_named_not_read_as_the_current_folder(args):
     assert result.returncode == 2
     assert "an empty path (is a variable unset?)" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_stop_while_starting_as_a_containers_first_process_is_obeyed(tmp_path):
+    """In a container the daemon is PID 1, to which the kernel delivers no signal that has no
+    handler: a `docker stop` sent while it started was ignored, and Docker killed it 10 s
+    later. Run here as PID 1 of a new PID namespace, as Docker runs it."""
+    import shutil
+
+    unshare = shutil.which("unshare")  # util-linux, in every Debian
+    assert unshare is not None, "unshare (util-linux) is not installed"
+    probe = subprocess.run([unshare, "--pid", "--fork", "true"], capture_output=True)
+    if probe.returncode != 0:  # not counted as passed: said in pytest's summary
+        pytest.skip(f"no PID namespace for this user: {probe.stderr.decode().strip()}")
+    path = tmp_path / "edge.yaml"
+    camera = {"name": "clip", "source": str(CLIP), "loop": True}
+    path.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
+    command = [sys.executable, "-m", "edge", "run", "--config", str(path)]
+    proc = subprocess.Popen(
+        [unshare, "--pid", "--fork", "--kill-child", *command],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        child = _child_of(proc.pid)  # the daemon, PID 1 inside
+        catching(child, signal.SIGHUP)  # its start-up has begun (SIGTERM's handler is first)
+        os.kill(child, signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=8)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+
+def _child_of(pid: int, timeout: float = 10) -> int:
+    deadline = time.monotonic() + timeout
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    while time.monotonic() < deadline:
+        found = children.read_text().split() if children.exists() else []
+        if found:
+            return int(found[0])
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} started no child")
