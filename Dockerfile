@@ -41,7 +41,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 
 # ---------------------------------------------------------------------------------------------
 # builder: the daemon's dependencies (binary wheels only, no compiler needed) and the project.
@@ -54,6 +54,8 @@ RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.tom
 COPY edge/ edge/
 COPY convert/ convert/
 COPY models/emotion.tflite models/emotion.json models/
+# After the dependencies, so a README edit keeps their layer; the licence goes into the wheel.
+COPY README.md LICENSE ./
 # The project itself, not editable and without extras; setuptools is fetched for the build only.
 # The model goes to /opt/venv/share/edge-emotion/models (pyproject data-files), where
 # edge.DEFAULT_MODEL finds it: neither the config file nor EDGE_MODEL__PATH has to name it.
@@ -84,6 +86,7 @@ RUN python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['
 COPY edge/ edge/
 COPY convert/ convert/
 COPY models/emotion.tflite models/emotion.json models/
+COPY README.md LICENSE ./
 RUN pip install --no-deps ".[convert]" \
     && cd / && python -c "import convert.__main__, edge.__main__, tensorflow, tf_keras, tensorflow_model_optimization"
 RUN groupadd --system --gid 10001 edge \

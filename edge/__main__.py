@@ -14,7 +14,7 @@ from edge.cli import (  # light: before the heavy imports
 )
 
 # A reload (SIGHUP) that arrives while the daemon starts, before its own handlers exist, would
-# end the process by default: a second `systemctl reload` within a second of the first left the
+# end the process by default: a second reload (SIGHUP) within a second of the first left the
 # service dead. Remembered from the first moment instead, and acted on once running.
 _early_reloads: list[int] = []
 # A stop (SIGTERM) in that time is remembered too: as a container's PID 1 the process would

@@ -139,9 +139,10 @@ class Daemon:
                 log.info("the reader of the events closed standard output: stopping")
                 return 0
             newest = max(c.last_processed for c in self.cameras)
-            # Pings stop half a WatchdogSec after the last analysed frame, so systemd restarts a
-            # daemon whose cameras all gave nothing for 1.5 x WatchdogSec (90 s by default): a
-            # restart also resets wedged FFmpeg/V4L2 state; one camera alone never causes it.
+            # Pings stop half a WatchdogSec after the last analysed frame (or the start), and a
+            # WatchdogSec after it (60 s by default) the daemon stops itself to be restarted,
+            # before systemd's SIGABRT at 1.5 x: a restart also resets wedged FFmpeg/V4L2
+            # state; one camera alone never causes it.
             stale_after = (self.notifier.watchdog_interval or 1.0) + max(
                 1 / c.fps for c in self.config.cameras
             )
@@ -187,7 +188,7 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop cleanly; SIGHUP (sent by many supervisors, and by
-        ``systemctl reload``) stops just as cleanly, then the process starts again with its
+        ``systemctl kill -s HUP``) stops just as cleanly, then the process starts again with its
         configuration re-read (``edge.__main__.reload_in_place``)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop_requested.set())
@@ -195,7 +196,7 @@ class Daemon:
 
     def request_reload(self) -> None:
         """Restart in place, but only into a configuration that loads: a typo saved before
-        ``systemctl reload`` must not take every camera down (exit 2 is not restarted)."""
+        reload must not take every camera down (exit 2 is not restarted)."""
         if self.reread is not None:
             try:
                 config = self.reread()
