@@ -193,3 +193,32 @@ def test_a_camera_removed_from_the_configuration_leaves_no_sensor_behind(broker,
     assert not desk & {m.topic for m in kept}
     assert "camera 'desk' is no longer configured" in second.log()
     assert second.stop() == 0, second.log()
+
+
+def test_a_retained_home_assistant_birth_message_is_not_a_restart(broker, daemons):  # noqa: F811
+    """Home Assistant can retain its "online": it comes at every subscribe, right after the
+    connect announced the sensors. It must not count as a flood nor announce them twice."""
+    birth = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="home-assistant")
+    birth.connect("127.0.0.1", broker.port)
+    birth.loop_start()
+    birth.publish("homeassistant/status", "online", qos=1, retain=True).wait_for_publish(10)
+    birth.loop_stop()
+    birth.disconnect()
+    sub = Subscriber(broker.port, "homeassistant/sensor/#", client_id="configs")
+    sub.wait_subscribed()
+    daemon = daemons(
+        {
+            "device_id": "hall",
+            "cameras": [{"name": "door", "source": str(CLIP), "loop": True, "fps": 10}],
+            "tracking": {"heartbeat_s": 0.1},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "homeassistant": {"enabled": True}},
+        }
+    )
+    # Past the 5 s in which a second announcement would have come.
+    daemon.wait_metric("edge_emotion_events_published_total", lambda v: v >= 60, timeout=60)
+    assert daemon.metrics()["edge_emotion_homeassistant_announcements_coalesced_total"] == 0
+    assert daemon.stop() == 0
+    sub.close()
+    announced = [m.topic for m in sub.messages if m.payload]
+    assert len(announced) == len(set(announced)) == 2, announced  # emotion and faces, once each
+    assert "arrives more often than every" not in daemon.log()

@@ -291,7 +291,10 @@ class MqttPublisher:
             return
         ha = self.config.homeassistant
         if ha.enabled and message.topic == ha.status_topic:
-            if message.payload == b"online":
+            # A retained "online" (Home Assistant's birth message may be set to retain) comes at
+            # every subscribe, just after the connect announced anyway: only a live one means
+            # that Home Assistant has started.
+            if message.payload == b"online" and not message.retain:
                 self._announce_soon()
             return
         if message.retain and message.payload:  # what the broker kept, not our live publishes
