@@ -6,6 +6,9 @@ teachers), ``adjust`` (logit adjustment), ``export`` (TFLite + metadata + self-c
 ``evaluate`` (honest report).
 """
 
+from collections.abc import Callable
+from pathlib import Path
+
 import edge  # noqa: F401  # before any cv2 import: it sets OpenCV's image pixel limit
 
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -32,3 +35,15 @@ def quiet_tensorflow() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+
+
+def write_aside(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` makes the file under a temporary name beside ``path``, which then replaces
+    ``path``: an interrupt or a full disk leaves the file that was there intact (or none), never
+    a truncated one. The temporary name keeps the suffix (matplotlib picks the format by it)."""
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write(partial)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)

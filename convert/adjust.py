@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convert import EMOTIONS, ConvertError
+from convert import EMOTIONS, ConvertError, write_aside
 from convert.labels import accuracies, expected_counts, labellings, training_targets
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ def adjust(
     what the training log names."""
     from convert.export import (
         Inputs,
+        check_probabilities,
         keras_predict,
         load_keras_model,
         recorded_recipe,
@@ -81,6 +82,7 @@ def adjust(
     _shift_logits(model, shift)
 
     probs = keras_predict(model, val.images, flip=False)
+    check_probabilities(str(model_path), probs)
     found = accuracies(labellings(val.labels, val.votes), probs.argmax(1))
     result = Adjustment(toward, strength, tuple(float(s) for s in shift), found)
     history["adjusted"] = {
@@ -93,7 +95,7 @@ def adjust(
     _save(model, history, out)
     curves = model_path.with_suffix(".curves.png")
     if curves.is_file():
-        shutil.copyfile(curves, out.with_suffix(".curves.png"))
+        write_aside(out.with_suffix(".curves.png"), lambda copy: shutil.copyfile(curves, copy))
     return result
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from convert import EMOTIONS, FACE_SIZE, ConvertError
 from edge import MAX_IMAGE_PIXELS
 from edge.cli import not_a_file
+from edge.emotions import native_stderr_silenced
 
 USAGES = ("Training", "PublicTest", "PrivateTest")
 # Folder names that hold each official split in the image-folder layouts seen in the wild.
@@ -40,6 +41,12 @@ JPEG_SUFFIXES = {".jpg", ".jpeg", ".jfif"}
 # cut, printing only "Premature end of JPEG file" without a name. Padding after it is allowed.
 JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 CSV_COLUMNS = ("emotion", "pixels", "usage")
+# A face image is kilobytes; a file past this is no face (a video or a disk image named .jpg),
+# and reading it whole would cost its size in memory before OpenCV refuses it.
+MAX_IMAGE_BYTES = 64 * 2**20
+# Header cells quoted in an error are cut to this length: a data row taken for the header
+# quoted 2,304 pixels in one line.
+SHOWN_CELL = 20
 
 
 VOTES_FILE = Path("ferplus") / "ferplus.csv"
@@ -208,7 +215,10 @@ def _load_class_folder(folder: Path, usage: str | None) -> Split:
             file=sys.stderr,
             flush=True,
         )
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+    # libpng and OpenCV print their own complaints about a damaged file ("libpng error: Invalid
+    # IHDR data", "[ WARN:0] ... PNG input buffer is incomplete") to fd 2, without the file's
+    # name, before our one line that names it.
+    with native_stderr_silenced(), ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         images = list(pool.map(read_face, files, chunksize=256))
     # Keys are relative to the dataset folder (the split folder's parent), as in ferplus.csv.
     keys = tuple(f.relative_to(folder.parent).as_posix() for f in files)
@@ -225,10 +235,7 @@ def _matches_usage(filename: str, usage: str | None) -> bool:
 
 def read_face(path: Path) -> np.ndarray:
     """Decode one image to a 48x48 gray face; names the file when it cannot be read."""
-    try:
-        content = path.read_bytes()
-    except OSError as error:
-        raise ConvertError(f"{path}: cannot read the image: {error.strerror or error}") from None
+    content = _image_bytes(path)
     if _truncated_jpeg(path, content):
         raise ConvertError(f"{path}: not a readable image (a truncated JPEG: no end marker)")
     try:
@@ -247,6 +254,23 @@ def read_face(path: Path) -> np.ndarray:
     if image.shape != (FACE_SIZE, FACE_SIZE):
         image = cv2.resize(image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA)
     return image
+
+
+def _image_bytes(path: Path) -> bytes:
+    """The file's content, refused unread when it is no image file: reading a pipe named like
+    an image waited forever, and ``/dev/zero`` (or a huge file) filled the memory."""
+    if path.exists() and (why := not_a_file(path, "face image")):  # else: named by the read
+        raise ConvertError(f"{path}: {why}")
+    try:
+        with path.open("rb") as file:
+            if os.fstat(file.fileno()).st_size > MAX_IMAGE_BYTES:
+                raise ConvertError(
+                    f"{path}: larger than {MAX_IMAGE_BYTES // 2**20} MiB, not a face image "
+                    "(remove it from the folder)"
+                )
+            return file.read()
+    except OSError as error:
+        raise ConvertError(f"{path}: cannot read the image: {error.strerror or error}") from None
 
 
 def _truncated_jpeg(path: Path, content: bytes) -> bool:
@@ -276,26 +300,45 @@ def _read_csv_rows(path: Path, usage: str) -> tuple[list[int], list[np.ndarray]]
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = [column.strip().lower() for column in next(reader, [])]
-        missing = [c for c in CSV_COLUMNS if c not in header]
-        if missing:
-            raise ConvertError(
-                f"{path}: CSV header {header} lacks column(s) {', '.join(missing)}; "
-                "expected the fer2013.csv columns emotion,pixels,Usage"
-            )
+        _check_csv_header(path, header)
         col = {name: header.index(name) for name in CSV_COLUMNS}
         for line, row in enumerate(reader, start=2):
             if not any(cell.strip() for cell in row):
                 continue  # a blank line (often the last one)
-            if len(row) <= max(col.values()):
+            if len(row) != len(header):  # cut off, or pixels separated by commas
                 raise ConvertError(
                     f"{path}:{line}: {len(row)} column(s), expected {len(header)} "
                     f"({','.join(header)})"
                 )
-            if row[col["usage"]].strip() != usage:
+            if _csv_usage(path, line, row[col["usage"]]) != usage:
                 continue
             labels.append(_csv_label(path, line, row[col["emotion"]]))
             images.append(_csv_pixels(path, line, row[col["pixels"]]))
     return labels, images
+
+
+def _check_csv_header(path: Path, header: list[str]) -> None:
+    """The fer2013.csv columns, in any order; a first line that is a data row is said to be one."""
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if not missing:
+        return
+    shown = [c if len(c) <= SHOWN_CELL else f"{c[:SHOWN_CELL]}..." for c in header]
+    data = any(cell.replace(" ", "").isdecimal() for cell in header)
+    found = "its first line looks like data, not a header" if data else f"CSV header {shown}"
+    raise ConvertError(
+        f"{path}: {found}: lacks column(s) {', '.join(missing)}; expected the fer2013.csv "
+        "columns emotion,pixels,Usage"
+    )
+
+
+def _csv_usage(path: Path, line: int, value: str) -> str:
+    """A row's split; any other value is refused: a row of 'Validation' (or one whose pixels
+    were separated by commas) was dropped without a word."""
+    usage = value.strip()
+    if usage not in USAGES:
+        shown = usage if len(usage) <= SHOWN_CELL else f"{usage[:SHOWN_CELL]}..."
+        raise ConvertError(f"{path}:{line}: Usage {shown!r} is not one of {', '.join(USAGES)}")
+    return usage
 
 
 def _csv_label(path: Path, line: int, value: str) -> int:
@@ -389,13 +432,20 @@ def _with_path_votes(split: Split, path: Path, required: bool = True) -> Split:
     columns, key_column = _vote_columns(path, header), [c.lower() for c in header].index("path")
     by_path: dict[str, np.ndarray] = {}
     by_tail: dict[str, np.ndarray | None] = {}
+    lines: dict[str, int] = {}
     for line, row in enumerate(rows, start=2):
         if not row:
             continue
         _check_row_length(path, line, row, header, [*columns, key_column])
         key = row[key_column].strip().replace("\\", "/")
         counts = _counts(path, line, row, columns)
-        by_path[key] = counts
+        if key in by_path and not np.array_equal(by_path[key], counts):
+            # Which row is right cannot be told; the last one used to win without a word.
+            raise ConvertError(
+                f"{path}:{line}: {key} has other votes on line {lines[key]}; give each image "
+                "one row"
+            )
+        by_path[key], lines[key] = counts, line
         tail = "/".join(key.split("/")[-2:])
         by_tail[tail] = None if tail in by_tail else counts  # ambiguous tails match nothing
     votes = np.zeros((len(split), 10), np.float32)

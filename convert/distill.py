@@ -68,6 +68,8 @@ def teacher_predictions(paths: list[Path], split: Split, ferplus_weight: float) 
 
 def _read_predictions(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
     """The training faces' keys and each head's probabilities, from scripts/teacher.py."""
+    from convert.export import check_probabilities
+
     try:
         with np.load(path) as found:
             keys = [str(k) for k in found["train_keys"]]
@@ -78,6 +80,8 @@ def _read_predictions(path: Path) -> tuple[list[str], dict[str, np.ndarray]]:
         ) from None
     if any(len(probs) != len(keys) for probs in heads.values()):
         raise ConvertError(f"--teacher {path}: fewer predictions than faces; damaged?")
+    for head, probs in heads.items():
+        check_probabilities(f"--teacher {path} ({head} head)", probs)
     return keys, heads
 
 

@@ -10,13 +10,14 @@ imports TensorFlow.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from convert import EMOTIONS, ConvertError, quiet_tensorflow
+from convert import EMOTIONS, ConvertError, quiet_tensorflow, write_aside
 from convert.data import load_split
 from convert.labels import NO_LABEL, ferplus_majority
 from convert.litert import face_predictor
@@ -50,7 +51,13 @@ def evaluate(
                 f"--labels ferplus: no face of {split.source} has a single FER+ top vote among "
                 "the 7 emotions (all tied, contempt, unknown or not a face)"
             )
-        majority = None  # nothing to score: no "accuracy 0.0000 on 0 faces"
+        majority = None  # nothing to score: no "accuracy 0.0000 on 0 faces", but said
+        print(
+            f"{split.votes_source}: no FER+ score: no face of {split.source} has a single top "
+            "vote among the 7 emotions (all tied, contempt, unknown or not a face)",
+            file=sys.stderr,
+            flush=True,
+        )
     probs = np.concatenate(
         [predict_batch(split.images[i : i + 256]) for i in range(0, len(split), 256)]
     )
@@ -65,6 +72,7 @@ def evaluate(
         report["ferplus"] = {
             "votes": split.votes_source,
             "left_out": int((~scored).sum()),
+            "without_votes": split.without_votes_count(),  # a file for part of the faces
             **score(majority[scored], predicted[scored]),
         }
     report["latency_ms"] = latency(predict_one, split.images[:latency_faces])
@@ -177,7 +185,9 @@ def format_report(report: dict, shown: list[str]) -> str:
         if name == "ferplus":
             lines.append(
                 f"votes     {part['votes']}: {part['n']} faces scored, {part['left_out']} left "
-                "out (top vote contempt, unknown or not-a-face, tied, or no votes)"
+                f"out ({part['without_votes']} without votes, "
+                f"{part['left_out'] - part['without_votes']} with a top vote of contempt, "
+                "unknown or not-a-face, or tied)"
             )
         lines += [
             f"accuracy  {part['accuracy']:.4f}",
@@ -247,5 +257,7 @@ def plot_confusion(report: dict, path: Path, shown: list[str]) -> None:
         )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_aside(path, lambda partial: fig.savefig(partial, dpi=100))
+    finally:
+        plt.close(fig)

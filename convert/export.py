@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
+# How far from 0..1 and from a sum of 1 a model's outputs may be: float16 rounding is ~0.003,
+# logits miss by far more.
+PROBABILITY_SLACK = 0.01
+
 
 @dataclass(frozen=True)
 class Inputs:
@@ -152,6 +156,7 @@ def export(
     # The float model's val predictions, as the daemon would average them: what every int8
     # candidate and the final check are compared with.
     keras_probs = keras_predict(model, val.images, test_time_flip)
+    check_probabilities(str(model_path), keras_probs)
     if qat is None:
         content = to_tflite(model, quantize, calibration_faces(train, calibration_size))
         metadata = describe(content, quantize, model_path, history)
@@ -300,7 +305,35 @@ def load_keras_model(path: Path, flag: str = "") -> keras.Model:
     except Exception as error:  # Keras raises ValueError, OSError, zipfile errors...
         raise ConvertError(f"{name}: cannot load as a Keras model: {error}") from None
     check_model_shapes(name, model.inputs, model.outputs)
+    check_probabilities(name, keras_predict(model, probe_faces(), flip=False))
     return model
+
+
+def probe_faces() -> np.ndarray:
+    """A few made-up faces (black, white, noise): any input shows whether a model's outputs are
+    probabilities, before minutes of loading the real faces."""
+    noise = np.random.default_rng(0).integers(0, 256, (2, FACE_SIZE, FACE_SIZE), np.uint8)
+    plain = np.stack([np.zeros((FACE_SIZE, FACE_SIZE), np.uint8), np.full_like(noise[0], 255)])
+    return np.concatenate([plain, noise])
+
+
+def check_probabilities(name: str, probs: np.ndarray) -> None:
+    """Refuse outputs that are not what every consumer takes them for: finite probabilities,
+    each row in 0..1 summing to 1. A model without a final softmax was exported as
+    "probabilities" (the daemon then published negative scores) and taught students raw
+    logits; one with NaN weights was given an accuracy (argmax of a NaN row is 0, angry)."""
+    if not np.isfinite(probs).all():
+        raise ConvertError(f"{name}: predicts NaN or infinite values")
+    if not probs.size:
+        return
+    sums = np.atleast_1d(probs.sum(axis=-1))
+    low, high = float(probs.min()), float(probs.max())
+    off = max(-low, high - 1, float(np.abs(sums - 1).max()))
+    if off > PROBABILITY_SLACK:
+        raise ConvertError(
+            f"{name}: outputs are not probabilities (values {low:.3g}..{high:.3g}, rows summing "
+            f"to {sums.min():.3g}..{sums.max():.3g}); the last layer needs a softmax"
+        )
 
 
 def check_keras_file(path: Path, flag: str = "") -> str:

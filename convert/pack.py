@@ -20,37 +20,51 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from convert import FACE_SIZE, ConvertError
+from convert import FACE_SIZE, ConvertError, write_aside
 
 if TYPE_CHECKING:
     from convert.data import Split
 
 SPLITS = {"train": "Training", "val": "PublicTest"}
+MAX_VOTES = 255  # counts are stored as uint8 (FER+ has ten votes per face)
 
 
 def pack(splits: dict[str, Split], out: Path) -> int:
     """Write ``out``; returns its size in bytes."""
-    arrays: dict[str, np.ndarray] = {}
+    # Every split's votes checked before minutes of compression.
+    arrays = {f"{name}_votes": _vote_counts(split) for name, split in splits.items()}
     for name, split in splits.items():
-        if split.votes is None:
-            raise ConvertError(
-                f"{split.source}: no FER+ votes found; the teacher learns both labellings "
-                "(pass --votes FILE)"
-            )
         arrays[f"{name}_images_xz"] = _xz(np.ascontiguousarray(split.images).tobytes())
         arrays[f"{name}_labels"] = split.labels.astype(np.int8)
-        arrays[f"{name}_votes"] = split.votes.astype(np.int8)
         arrays[f"{name}_keys_xz"] = _xz("\n".join(split.keys).encode())
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    try:
-        with partial.open("wb") as file:
-            np.savez(file, **arrays)
-        partial.replace(out)
-    finally:
-        # An interrupted or failed write (Ctrl-C, disk full) leaves no 50 MB half-file behind.
-        partial.unlink(missing_ok=True)
+    # An interrupted or failed write (Ctrl-C, disk full) leaves no 50 MB half-file behind.
+    write_aside(out, lambda partial: _savez(partial, arrays))
     return out.stat().st_size
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with path.open("wb") as file:  # a file object: np.savez would add .npz to a name
+        np.savez(file, **arrays)
+
+
+def _vote_counts(split: Split) -> np.ndarray:
+    """The votes as bytes, refused unless each is a whole count that fits: a count of 200
+    came back as -56 and fractions as 0 (the face then had no votes), without a word."""
+    votes = split.votes
+    if votes is None:
+        raise ConvertError(
+            f"{split.source}: no FER+ votes found; the teacher learns both labellings "
+            "(pass --votes FILE)"
+        )
+    bad = np.flatnonzero(((votes != np.round(votes)) | (votes > MAX_VOTES)).any(axis=1))
+    if bad.size:
+        counts = ", ".join(f"{v:g}" for v in votes[bad[0]])
+        raise ConvertError(
+            f"{split.votes_source}: the votes of {split.keys[bad[0]]} ({counts}) are not whole "
+            f"counts 0..{MAX_VOTES}, which a packed file stores ({bad.size} faces like it)"
+        )
+    return votes.astype(np.uint8)
 
 
 def _xz(data: bytes) -> np.ndarray:

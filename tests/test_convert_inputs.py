@@ -36,12 +36,26 @@ def one_line_error(result, message: str) -> None:
     assert message in lines[0], result.stderr[-2000:]
 
 
-def keras_model(path: Path, input_shape: tuple[int, ...], outputs: int) -> Path:
+def keras_model(
+    path: Path, input_shape: tuple[int, ...], outputs: int, activation: str = "softmax"
+) -> Path:
     import keras
 
     inputs = keras.Input(input_shape)
-    scores = keras.layers.Dense(outputs, activation="softmax")(keras.layers.Flatten()(inputs))
+    scores = keras.layers.Dense(outputs, activation=activation)(keras.layers.Flatten()(inputs))
     keras.Model(inputs, scores).save(path)
+    return path
+
+
+def nan_model(path: Path) -> Path:
+    """A model of the toolchain's shape whose weights are NaN (a diverged run)."""
+    import keras
+
+    inputs = keras.Input((48, 48, 1))
+    dense = keras.layers.Dense(7, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    dense.set_weights([np.full((48 * 48, 7), np.nan, np.float32), np.zeros(7, np.float32)])
+    model.save(path)
     return path
 
 
@@ -134,18 +148,60 @@ def test_evaluate_feeds_a_tflite_model_the_layout_its_metadata_names(tmp_path, s
 
 
 def test_a_model_that_predicts_nan_gives_no_numbers(tmp_path):
-    import keras
-
-    inputs = keras.Input((48, 48, 1))
-    dense = keras.layers.Dense(7, activation="softmax")
-    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
-    dense.set_weights([np.full((48 * 48, 7), np.nan, np.float32), np.zeros(7, np.float32)])
-    model.save(tmp_path / "nan.keras")
     result = run_cli(
-        "convert", "evaluate", "--model", tmp_path / "nan.keras", "--data", SAMPLE_CSV,
+        "convert", "evaluate", "--model", nan_model(tmp_path / "nan.keras"), "--data", SAMPLE_CSV,
         "--latency-faces", 1,
     )  # fmt: skip
     one_line_error(result, "nan.keras: predicts NaN or infinite values")
+
+
+def test_export_and_adjust_refuse_a_model_that_predicts_nan(tmp_path):
+    """Export blamed the TFLite file for the Keras model's NaN (giving the model an accuracy:
+    argmax of a NaN row is angry), and adjust saved the broken model."""
+    model = nan_model(tmp_path / "nan.keras")
+    record = json.loads(SHIPPED_KERAS.with_suffix(".history.json").read_text())
+    history = {"recipe": {**record["recipe"], "labels": "fer2013"}}
+    model.with_suffix(".history.json").write_text(json.dumps(history))
+    data = ("--data", SAMPLE_CSV)
+    export = run_cli(
+        "convert", "export", "--model", model, "--out", tmp_path / "n.tflite", "--quantize",
+        "float16", *data,
+    )  # fmt: skip
+    one_line_error(export, f"{model}: predicts NaN or infinite values")
+    adjust = run_cli(
+        "convert", "adjust", "--model", model, "--out", tmp_path / "adj.keras", "--strength",
+        "0.5", *data,
+    )  # fmt: skip
+    one_line_error(adjust, f"{model}: predicts NaN or infinite values")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.history.json", "nan.keras"]
+
+
+@pytest.fixture(scope="module")
+def logits(tmp_path_factory) -> Path:
+    """A model of the toolchain's shape without a final softmax: it outputs logits."""
+    return keras_model(tmp_path_factory.mktemp("logits") / "logits.keras", (48, 48, 1), 7, "linear")
+
+
+def test_a_model_whose_outputs_are_not_probabilities_is_refused(logits, tmp_path):
+    """Exported as "probabilities", its logits became the daemon's confidences (negative, not
+    summing to 1); evaluated, it got an accuracy; as a teacher, raw logits became targets."""
+    message = f"{logits}: outputs are not probabilities"
+    out = tmp_path / "logits.tflite"
+    export = run_cli(
+        "convert", "export", "--model", logits, "--out", out, "--quantize", "float16",
+        "--data", SAMPLE_CSV,
+    )  # fmt: skip
+    one_line_error(export, message)
+    assert "needs a softmax" in export.stderr and list(tmp_path.iterdir()) == []
+    evaluate = run_cli(
+        "convert", "evaluate", "--model", logits, "--data", SAMPLE_CSV, "--latency-faces", 1
+    )
+    one_line_error(evaluate, message)
+    train = run_cli(
+        "convert", "train", "--data", SAMPLE_CSV, "--weights", "none", "--teacher", logits,
+        "--out", tmp_path / "s.keras", *TINY, *CSV_LABELS,
+    )  # fmt: skip
+    one_line_error(train, f"--teacher {message}")
 
 
 # --- numbers, outputs and usage ---------------------------------------------------------
@@ -249,6 +305,28 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
     )  # fmt: skip
     one_line_error(evaluate, f"--plot {blocker / 'confusion.png'}: cannot be written")
     assert [p.name for p in tmp_path.iterdir()] == ["results"]
+
+
+def test_a_plot_that_cannot_be_written_leaves_the_one_there_intact(tmp_path, monkeypatch):
+    """A full disk cut the new confusion plot short over the old one: both were lost."""
+    import errno
+
+    import matplotlib.figure
+
+    from convert.evaluate import plot_confusion, score
+
+    plot = tmp_path / "confusion.png"
+    plot.write_bytes(b"the last run's plot")
+
+    def disk_full(figure, path, **kwargs) -> None:
+        Path(path).write_bytes(b"\x89PNG, cut short")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", disk_full)
+    with pytest.raises(OSError):
+        plot_confusion(score(np.array([0, 3]), np.array([0, 3])), plot, ["fer2013"])
+    assert plot.read_bytes() == b"the last run's plot"
+    assert [p.name for p in tmp_path.iterdir()] == ["confusion.png"]
 
 
 def test_adjust_refuses_to_write_over_its_own_input(tmp_path):
@@ -385,6 +463,84 @@ def test_a_truncated_jpeg_is_refused_by_name(tmp_path):
     one_line_error(result, f"{cut}: not a readable image (a truncated JPEG")
 
 
+@pytest.mark.parametrize("kind", ["pipe", "device"])
+def test_a_pipe_or_a_device_named_like_an_image_is_refused_unread(tmp_path, kind):
+    """Reading a named pipe waited forever; a link to /dev/zero read until the memory ran out
+    (/dev/null, a device read the same way, keeps this test safe on a machine without the fix)."""
+    copy_faces(tmp_path, 1)
+    odd = tmp_path / "happy" / "odd.jpg"
+    if kind == "pipe":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to("/dev/null")
+    result = run_cli(
+        "convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", tmp_path, timeout=120
+    )
+    one_line_error(result, f"{odd}: not a regular file (a device or a pipe), not a face image")
+
+
+def _png(path: Path, header: bytes, rows: bytes) -> None:
+    """A gray PNG from its IHDR fields and its compressed pixel rows."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    parts = [chunk(b"IHDR", header), chunk(b"IDAT", rows), chunk(b"IEND", b"")]
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(parts))
+
+
+@pytest.mark.parametrize("damage", ["cut-off", "bad-header"])
+def test_a_damaged_png_is_named_in_one_line(tmp_path, damage):
+    """libpng and OpenCV printed their own line first ("libpng error: Invalid IHDR data",
+    "[ WARN:0] ... PNG input buffer is incomplete"), naming no file."""
+    import struct
+    import zlib
+
+    copy_faces(tmp_path, 1)
+    png = tmp_path / "sad" / "damaged.png"
+    rows = zlib.compress(b"\0" * 49 * 48)
+    if damage == "cut-off":
+        _png(png, struct.pack(">IIBBBBB", 48, 48, 8, 0, 0, 0, 0), rows)
+        png.write_bytes(png.read_bytes()[:60])
+    else:  # a bit depth of 3
+        _png(png, struct.pack(">IIBBBBB", 48, 48, 3, 0, 0, 0, 0), rows)
+    result = run_cli("convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", tmp_path)
+    one_line_error(result, f"{png}: not a readable image")
+
+
+def _sample_rows() -> tuple[str, list[str]]:
+    """The sample CSV's header and rows."""
+    header, *rows = SAMPLE_CSV.read_text().splitlines()
+    return header, rows
+
+
+def test_a_csv_row_of_another_split_name_is_refused_not_dropped(tmp_path):
+    """A row of 'Validation' (or 'publictest') was skipped without a word: the report then
+    covered fewer faces than the file holds."""
+    header, rows = _sample_rows()
+    public = [row for row in rows if row.endswith(",PublicTest")][:5]
+    label, pixels, _ = public[0].split(",")
+    bad = tmp_path / "usage.csv"
+    bad.write_text("\n".join([header, *public, f"{label},{pixels},Validation"]) + "\n")
+    result = run_cli("convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", bad)
+    one_line_error(
+        result, f"{bad}:7: Usage 'Validation' is not one of Training, PublicTest, PrivateTest"
+    )
+
+
+def test_a_csv_without_a_header_is_said_to_start_with_data_in_a_short_line(tmp_path):
+    """The first data row was quoted whole as the header: one line of 7,559 characters."""
+    _, rows = _sample_rows()
+    bare = tmp_path / "bare.csv"
+    bare.write_text("\n".join(rows) + "\n")
+    result = run_cli("convert", "evaluate", "--model", SHIPPED_TFLITE, "--data", bare)
+    one_line_error(result, f"{bare}: its first line looks like data, not a header")
+    assert len(result.stderr) < 300, result.stderr
+
+
 def test_csv_pixels_quote_the_first_bad_value_and_excel_s_bom_is_read(tmp_path):
     rows = SAMPLE_CSV.read_text().splitlines()
     label, pixels, usage = rows[1].split(",")
@@ -489,6 +645,19 @@ def trained(tmp_path_factory) -> Path:
         "tiny.keras",
     ]  # no staging file or backup left behind
     return out
+
+
+def test_training_refuses_to_validate_on_its_own_training_folder(tmp_path):
+    """The same folder as --data and --val-data (here through '..' and a trailing slash) chose
+    checkpoints by memorisation of the training faces."""
+    copy_faces(tmp_path / "faces", 1)
+    same = f"{tmp_path}/faces/../faces/"
+    result = run_cli(
+        "convert", "train", "--data", tmp_path / "faces", "--val-data", same, "--weights",
+        "none", "--out", tmp_path / "m.keras", *TINY, *CSV_LABELS,
+    )  # fmt: skip
+    one_line_error(result, f"--val-data {same}: is the training folder (--data {tmp_path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces"]
 
 
 def run_elsewhere(cwd: Path, *args) -> subprocess.CompletedProcess:

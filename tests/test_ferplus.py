@@ -145,6 +145,35 @@ def test_evaluate_scores_the_fer_plus_majority_and_says_how_many_were_left_out(
     assert f"accuracy  {ferplus['accuracy']:.4f}" in text.stdout
 
 
+def _one_face_each(folder: Path, emotions) -> dict[str, str]:
+    """The first val face of each emotion copied into ``folder/<emotion>/``; by emotion, its
+    path as a votes file names it (relative to the dataset folder, ``folder``'s parent)."""
+    keys = {}
+    for emotion in emotions:
+        source = sorted((FER / "val" / emotion).iterdir())[0]
+        (folder / emotion).mkdir(parents=True)
+        shutil.copyfile(source, folder / emotion / source.name)
+        keys[emotion] = f"{folder.name}/{emotion}/{source.name}"
+    return keys
+
+
+def _votes_file(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """A ferplus.csv of (path, ten vote counts) rows."""
+    header = "path,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"
+    path.write_text("\n".join([header, *(f"{key},{votes}" for key, votes in rows)]) + "\n")
+    return path
+
+
+HAPPY, SAD, NOT_A_FACE = "0,8,0,0,0,0,0,0,2,0", "0,0,0,9,0,0,0,0,1,0", "0,0,0,0,0,0,0,0,0,10"
+
+
+def _evaluate(data: Path, votes: Path, *flags: str):
+    return run_cli(
+        "convert", "evaluate", "--model", "models/emotion.tflite", "--data", data,
+        "--votes", votes, "--latency-faces", "1", *flags,
+    )  # fmt: skip
+
+
 def test_a_tie_or_a_top_vote_outside_the_seven_has_no_fer_plus_label(tmp_path, trained_on_votes):
     """Votes are matched by path: one face per rule, in a copied class folder with its own file."""
     rules = {
@@ -153,22 +182,49 @@ def test_a_tie_or_a_top_vote_outside_the_seven_has_no_fer_plus_label(tmp_path, t
         "disgust": "1,0,0,0,2,3,0,4,0,0",  # contempt on top: left out
         "fear": "0,0,3,0,0,0,2,0,5,0",  # unknown on top: left out
     }
-    folder = tmp_path / "faces"
-    lines = ["path,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF"]
-    for emotion, votes in rules.items():
-        source = sorted((FER / "val" / emotion).iterdir())[0]
-        (folder / emotion).mkdir(parents=True)
-        shutil.copyfile(source, folder / emotion / source.name)
-        lines.append(f"faces/{emotion}/{source.name},{votes}")
-    (tmp_path / "votes.csv").write_text("\n".join(lines) + "\n")
+    keys = _one_face_each(tmp_path / "faces", rules)
+    votes = _votes_file(tmp_path / "votes.csv", [(keys[e], v) for e, v in rules.items()])
     result = run_cli(
-        "convert", "evaluate", "--model", trained_on_votes, "--data", folder,
-        "--votes", tmp_path / "votes.csv", "--json", "--latency-faces", "1",
+        "convert", "evaluate", "--model", trained_on_votes, "--data", tmp_path / "faces",
+        "--votes", votes, "--json", "--latency-faces", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     ferplus = result.json()["ferplus"]
-    assert (ferplus["n"], ferplus["left_out"]) == (1, 3)
+    assert (ferplus["n"], ferplus["left_out"], ferplus["without_votes"]) == (1, 3, 0)
     assert ferplus["per_class"]["happy"]["support"] == 1
+
+
+def test_faces_without_votes_are_counted_apart_from_faces_without_a_label(tmp_path):
+    """A votes file for 2 of the 7 faces (made for another copy of the data, say): the FER+
+    score covers 1 face, and the report says that 5 had no votes at all, instead of counting
+    them with the ties and not-a-face votes."""
+    keys = _one_face_each(tmp_path / "faces", EMOTIONS)
+    votes = _votes_file(tmp_path / "votes.csv", [(keys["happy"], HAPPY), (keys["sad"], NOT_A_FACE)])
+    text = _evaluate(tmp_path / "faces", votes)
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert "1 faces scored, 6 left out (5 without votes, 1 with a top vote of" in text.stdout
+    assert _evaluate(tmp_path / "faces", votes, "--json").json()["ferplus"]["without_votes"] == 5
+
+
+def test_an_image_given_two_rows_of_other_votes_is_refused_by_name(tmp_path):
+    """Which row is right cannot be told: the last one won without a word."""
+    keys = _one_face_each(tmp_path / "faces", ["happy", "sad"])
+    rows = [(keys["happy"], HAPPY), (keys["sad"], SAD), (keys["happy"], SAD)]
+    votes = _votes_file(tmp_path / "votes.csv", rows)
+    result = _evaluate(tmp_path / "faces", votes)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
+    assert f"{votes}:4: {keys['happy']} has other votes on line 2" in result.stderr
+
+
+def test_votes_that_give_no_face_a_label_are_said_not_dropped_silently(tmp_path):
+    """Every face voted not-a-face: there is no FER+ score to give, and the report said
+    nothing of the votes file it was asked to use."""
+    keys = _one_face_each(tmp_path / "faces", ["happy", "sad"])
+    votes = _votes_file(tmp_path / "votes.csv", [(key, NOT_A_FACE) for key in keys.values()])
+    result = _evaluate(tmp_path / "faces", votes)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{votes}: no FER+ score: no face of {tmp_path / 'faces'}" in result.stderr
+    assert "FER+ majority" not in result.stdout
 
 
 def test_a_teacher_s_predictions_are_learned(small_fer: Path, tmp_path: Path):
@@ -247,6 +303,55 @@ def test_a_teacher_trained_elsewhere_teaches_through_its_predictions(
     )  # fmt: skip
     assert result.returncode == 2
     assert f"--teacher {teacher}: no prediction for 5 of the {n} training faces" in result.stderr
+
+
+def test_recorded_teacher_predictions_that_are_not_probabilities_are_refused(tmp_path: Path):
+    """Logits in a teacher's file became training targets as they were (-2.5..2.7)."""
+    from convert.pack import write_predictions
+
+    logits = np.random.default_rng(0).normal(size=(2, 7)).astype(np.float32)
+    teacher = tmp_path / "logits.npz"
+    head = {"fer2013": logits, "ferplus": np.full((2, 7), 1 / 7, np.float32)}
+    write_predictions(teacher, {"train": np.array(["a", "b"])}, {"train": head})
+    result = run_cli(
+        "convert", "train", "--data", SAMPLE_CSV, "--labels", "fer2013", "--weights", "none",
+        "--teacher", teacher, "--out", tmp_path / "s.keras", *TINY,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr[-3000:]
+    assert f"--teacher {teacher} (fer2013 head): outputs are not probabilities" in result.stderr
+
+
+def _fer2013new(path: Path, first_row: str) -> Path:
+    """Microsoft's votes layout for the sample CSV, one row per its row, the first with
+    ``first_row``'s counts and every other face voted happy."""
+    usages = [row.rsplit(",", 1)[1] for row in SAMPLE_CSV.read_text().splitlines()[1:]]
+    header = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,"
+    lines = [header + "unknown,NF"]
+    for i, usage in enumerate(usages):
+        lines.append(f"{usage},fer{i:07d}.png,{first_row if i == 0 else HAPPY}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_packed_vote_counts_come_back_as_they_were_or_are_refused(tmp_path: Path):
+    """Packed as int8, a count of 200 came back as -56 and counts of 0.6 and 0.4 as 0 (a face
+    without votes), without a word."""
+    from convert.pack import unpack
+
+    big = _fer2013new(tmp_path / "big.csv", "200,0,0,0,0,0,0,0,0,0")
+    result = run_cli(
+        "convert", "pack", "--data", SAMPLE_CSV, "--votes", big, "--out", tmp_path / "big.npz"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert unpack(tmp_path / "big.npz", "train")["votes"][0].tolist() == [200] + [0] * 9
+    share = _fer2013new(tmp_path / "share.csv", "0.6,0.4,0,0,0,0,0,0,0,0")
+    out = tmp_path / "share.npz"
+    result = run_cli("convert", "pack", "--data", SAMPLE_CSV, "--votes", share, "--out", out)
+    assert result.returncode == 2 and not out.exists(), result.stderr[-3000:]
+    assert (
+        f"{share}: the votes of Training:0 (0.6, 0.4, 0, 0, 0, 0, 0, 0, 0, 0) are not whole counts"
+        in result.stderr
+    )
 
 
 def _val_faces(root: Path) -> list[np.ndarray]:
