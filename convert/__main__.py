@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from edge.cli import Interrupts, OneLineParser, prog, unwritable
+from edge.cli import Interrupts, OneLineParser, path_argument, prog, unwritable
 
 # `python -m convert` or the console script. Ctrl-C: one line, also while TensorFlow imports.
 _COMMAND_LINE = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "edge-emotion-convert"
@@ -37,7 +37,9 @@ def _run_command(argv: list[str]) -> int:
     try:
         return args.command(args)
     except ConvertError as error:
-        print(f"convert {args.name}: error: {error}", file=sys.stderr)
+        from edge.config.camera import mask_urls  # a URL typed where a path goes
+
+        print(f"convert {args.name}: error: {mask_urls(str(error))}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in TRAINING_MODULES:
@@ -81,7 +83,9 @@ def parser() -> argparse.ArgumentParser:
         "fer2013.csv); default: ferplus/ferplus.csv in the data folder, when present"
     )
     train.add_argument("--votes", help=votes_help)
-    train.add_argument("--out", type=Path, required=True, help="where to save the .keras model")
+    train.add_argument(
+        "--out", type=path_argument, required=True, help="where to save the .keras model"
+    )
     train.add_argument(
         "--labels",
         choices=LABELS,
@@ -91,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--teacher",
-        type=Path,
+        type=path_argument,
         action="append",
         default=[],
         help="distillation: a .keras or .tflite model whose predictions are mixed into the "
@@ -105,7 +109,7 @@ def parser() -> argparse.ArgumentParser:
         help="imagenet (Keras download), none (from scratch) or a weights FILE",
     )
     train.add_argument(
-        "--init", type=Path, help="start from the weights of an earlier run's .keras model"
+        "--init", type=path_argument, help="start from the weights of an earlier run's .keras model"
     )
     train.add_argument("--schedule", choices=("plateau", "cosine"), default=defaults.schedule)
     train.add_argument(
@@ -129,11 +133,13 @@ def parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="convert a trained .keras model to TFLite")
     export.set_defaults(command=run_export, name="export")
-    export.add_argument("--model", type=Path, required=True, help="trained .keras model")
+    export.add_argument("--model", type=path_argument, required=True, help="trained .keras model")
     export.add_argument(
         "--quantize", choices=("int8", "float16", "dynamic", "none"), default="int8"
     )
-    export.add_argument("--out", type=Path, required=True, help="the .tflite file to write")
+    export.add_argument(
+        "--out", type=path_argument, required=True, help="the .tflite file to write"
+    )
     export.add_argument(
         "--data",
         help="FER2013 data for calibration and fine-tuning (Training) and the check "
@@ -198,8 +204,12 @@ def parser() -> argparse.ArgumentParser:
         help="move a trained model's class prior toward another labelling's (logit adjustment)",
     )
     adjust.set_defaults(command=run_adjust, name="adjust")
-    adjust.add_argument("--model", type=Path, required=True, help="a .keras model from train")
-    adjust.add_argument("--out", type=Path, required=True, help="the adjusted .keras model")
+    adjust.add_argument(
+        "--model", type=path_argument, required=True, help="a .keras model from train"
+    )
+    adjust.add_argument(
+        "--out", type=path_argument, required=True, help="the adjusted .keras model"
+    )
     adjust.add_argument(
         "--toward",
         choices=("fer2013", "ferplus"),
@@ -225,7 +235,9 @@ def parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="accuracy, per-class results, latency")
     evaluate.set_defaults(command=run_evaluate, name="evaluate")
-    evaluate.add_argument("--model", type=Path, required=True, help=".tflite or .keras model")
+    evaluate.add_argument(
+        "--model", type=path_argument, required=True, help=".tflite or .keras model"
+    )
     evaluate.add_argument(
         "--data",
         required=True,
@@ -246,7 +258,7 @@ def parser() -> argparse.ArgumentParser:
         "--json always has every labelling at hand",
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    evaluate.add_argument("--plot", type=Path, help="write the confusion matrix as a PNG")
+    evaluate.add_argument("--plot", type=path_argument, help="write the confusion matrix as a PNG")
     evaluate.add_argument(
         "--latency-faces",
         type=int,
@@ -260,7 +272,7 @@ def parser() -> argparse.ArgumentParser:
     pack.set_defaults(command=run_pack, name="pack")
     pack.add_argument("--data", required=True, help="a folder with train/ and val/, or a .csv")
     pack.add_argument("--votes", help=votes_help)
-    pack.add_argument("--out", type=Path, required=True, help="the .npz file to write")
+    pack.add_argument("--out", type=path_argument, required=True, help="the .npz file to write")
     return top
 
 

@@ -686,13 +686,14 @@ def test_a_usage_error_is_one_line_and_exit_2(args):
         ["analyze", "rtsp://admin:hunter2@192.0.2.1/x"],
         ["analyze", "--model", "rtsp://admin:hunter2@192.0.2.1/m.tflite", str(CLIP)],
         ["check-config", "--config", "rtsp://admin:hunter2@192.0.2.1/edge.yaml"],
+        ["evaluate", "--model", "rtsp://admin:hunter2@192.0.2.1/m.tflite", "--data", str(CLIP)],
     ],
-    ids=["run-argument", "analyze-path", "model-path", "config-path"],
+    ids=["run-argument", "analyze-path", "model-path", "config-path", "convert-model-path"],
 )
 def test_a_camera_url_typed_on_the_command_line_is_refused_without_its_password(args):
     """A user tries the camera's URL where a file goes: the error says so, and the terminal
     (or the shell's log, or a screenshot in a bug report) does not show the password."""
-    result = run_cli("edge", *args)
+    result = run_cli("convert" if args[0] == "evaluate" else "edge", *args)
     assert result.returncode != 0
     assert "hunter2" not in result.stdout + result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "192.0.2.1" in result.stderr
@@ -726,11 +727,18 @@ def test_many_problems_are_one_readable_line(tmp_path):
     assert line.count("unknown key") == 20 and "more problems" in line and len(line) < 2000
 
 
-@pytest.mark.parametrize("args", [["check-config", "--config", ""], ["analyze", ""]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["edge", "check-config", "--config", ""],
+        ["edge", "analyze", ""],
+        ["convert", "evaluate", "--model", "", "--data", str(SHARED / "fer2013" / "val")],
+    ],
+)
 def test_an_empty_path_is_named_not_read_as_the_current_folder(args):
     """`--config "$EDGE_CONFIG"` with the variable unset: the error says the path is empty
     (it said '.: is a directory')."""
-    result = run_cli("edge", *args)
+    result = run_cli(*args)
     assert result.returncode == 2
     assert "an empty path (is a variable unset?)" in result.stderr
     assert len(result.stderr.splitlines()) == 1
