@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     ProcessCollector,
@@ -65,6 +66,14 @@ class Metrics:
             registry=r,
         )
         self.model_info = Info(f"{PREFIX}_model", "The emotion model in use", registry=r)
+        # A reload (SIGHUP) re-executes the same process: counters start again from 0 while
+        # process_start_time_seconds stays, so a restart alert needs this one.
+        self.start_time = Gauge(
+            f"{PREFIX}_start_time_seconds",
+            "When the daemon last started or reloaded (Unix time)",
+            registry=r,
+        )
+        self.start_time.set_to_current_time()
         # process_resident_memory_bytes, process_cpu_seconds_total...: what a long run costs.
         ProcessCollector(registry=r)
 

@@ -91,7 +91,7 @@ class CameraAnalysis:
         if self.reader.finished and not self.reader.has_frame:
             self.close()
             return
-        self._emit(self.tracker.update([], self._no_probs(), time.monotonic()))
+        self._emit(self.tracker.tick(time.monotonic()))
 
     def close(self) -> None:
         """End every track and publish the final state (once)."""
@@ -176,9 +176,6 @@ class CameraAnalysis:
         else:
             return
         self._last_failure_log = now
-
-    def _no_probs(self) -> np.ndarray:
-        return np.zeros((0, len(self.tracker.labels)), np.float32)
 
 
 class AnalysisPool:

@@ -3,6 +3,12 @@
 Events are what subscribers want, not frames: ``start`` when a face appears, ``change`` when its
 smoothed emotion changes by more than the hysteresis, ``heartbeat`` while it stays, ``end`` when it
 has been gone for ``lost_after_s``.
+
+Haar finds things that are not faces for a frame, and sometimes one face twice (two boxes
+overlapping by IoU 0.4-0.5 on the bench clips). Announced at once, each would be a ``start`` and an
+``end`` a second later, and a face count flickering 1-2-1 in Home Assistant. So a face is announced
+once seen in ``confirm_frames`` analysed frames in a row, and a box that overlaps a face already
+tracked in the same frame is that face again, not a new one.
 """
 
 from __future__ import annotations
@@ -35,6 +41,11 @@ class Track:
     last_seen: float  # monotonic
     last_event: float  # monotonic
     seen_at: float  # wall clock of the last sighting, reported in events
+    hits: int = 1  # frames in a row it was seen in, until announced
+
+    @property
+    def announced(self) -> bool:
+        return self.track_id > 0
 
 
 class Tracker:
@@ -48,12 +59,19 @@ class Tracker:
         smoothing: float = 0.3,
         hysteresis: float = 0.1,
         heartbeat_s: float = 10.0,
+        confirm_frames: int = 2,
     ) -> None:
         self.labels = tuple(labels)
         self.iou_threshold, self.lost_after_s = iou_threshold, lost_after_s
         self.smoothing, self.hysteresis, self.heartbeat_s = smoothing, hysteresis, heartbeat_s
-        self.tracks: list[Track] = []
+        self.confirm_frames = confirm_frames
+        self._tracks: list[Track] = []  # announced ones and candidates
         self._next_id = 1
+
+    @property
+    def tracks(self) -> list[Track]:
+        """The faces announced (``start`` sent) and not yet ended."""
+        return [t for t in self._tracks if t.announced]
 
     def update(
         self, boxes: Sequence[Box], probs: np.ndarray, now: float, wall: float | None = None
@@ -66,15 +84,29 @@ class Tracker:
         wall = now if wall is None else wall
         events: list[TrackEvent] = []
         matched = self._match(boxes)
-        for track, index in matched.items():
-            events.extend(self._observe(track, boxes[index], probs[index], now, wall))
         taken = set(matched.values())
-        for index, box in enumerate(boxes):
-            if index not in taken:
-                events.append(self._start(box, probs[index], now, wall))
-        for track in [t for t in self.tracks if t not in matched]:
-            if now - track.last_seen >= self.lost_after_s:
-                self.tracks.remove(track)
+        # A box left over that overlaps a tracked face as much as a match would: that face again.
+        new = [
+            i
+            for i, box in enumerate(boxes)
+            if i not in taken and all(t.box.iou(box) < self.iou_threshold for t in self._tracks)
+        ]
+        for track, index in sorted(matched.items(), key=lambda pair: pair[1]):  # frame order
+            events.extend(self._observe(track, boxes[index], probs[index], now, wall))
+        for index in new:
+            events.extend(self._start(boxes[index], probs[index], now, wall))
+        for track in [t for t in self._tracks if t not in matched and t.last_seen < now]:
+            if not track.announced:
+                self._tracks.remove(track)  # not in the next frame: not a face after all
+        return events + self.tick(now)
+
+    def tick(self, now: float) -> list[TrackEvent]:
+        """Time passes without a frame (a camera late or down): faces unseen for
+        ``lost_after_s`` end."""
+        events = []
+        for track in [t for t in self._tracks if now - t.last_seen >= self.lost_after_s]:
+            self._tracks.remove(track)
+            if track.announced:
                 events.append(self._event("end", track, track.seen_at))
         return events
 
@@ -85,7 +117,7 @@ class Tracker:
     def close(self) -> list[TrackEvent]:
         """End every open track (shutdown): subscribers never keep a face that is gone."""
         events = [self._event("end", t, t.seen_at) for t in self.tracks]
-        self.tracks.clear()
+        self._tracks.clear()
         return events
 
     def _match(self, boxes: Sequence[Box]) -> dict[Track, int]:
@@ -93,7 +125,7 @@ class Tracker:
         pairs = sorted(
             (
                 (track.box.iou(box), i, track)
-                for track in self.tracks
+                for track in self._tracks
                 for i, box in enumerate(boxes)
             ),
             key=lambda pair: pair[0],
@@ -109,25 +141,42 @@ class Tracker:
                 used.add(index)
         return matched
 
-    def _start(self, box: Box, probs: np.ndarray, now: float, wall: float) -> TrackEvent:
+    def _start(self, box: Box, probs: np.ndarray, now: float, wall: float) -> list[TrackEvent]:
         scores = probs.astype(np.float64)
-        track = Track(self._next_id, box, scores, int(probs.argmax()), now, now, wall)
+        track = Track(0, box, scores, int(probs.argmax()), now, now, wall)
+        self._tracks.append(track)
+        return self._announce(track, now, wall)
+
+    def _announce(self, track: Track, now: float, wall: float) -> list[TrackEvent]:
+        """``start``, once seen in enough frames in a row; ids count announced faces only."""
+        if track.hits < self.confirm_frames:
+            return []
+        track.track_id, track.emotion, track.last_event = (
+            self._next_id,
+            int(track.scores.argmax()),
+            now,
+        )
         self._next_id += 1
-        self.tracks.append(track)
-        return self._event("start", track, wall)
+        return [self._event("start", track, wall)]
 
     def _observe(
         self, track: Track, box: Box, probs: np.ndarray, now: float, wall: float
     ) -> list[TrackEvent]:
         track.box, track.last_seen, track.seen_at = box, now, wall
         track.scores = (1 - self.smoothing) * track.scores + self.smoothing * probs
+        if not track.announced:
+            track.hits += 1
+            return self._announce(track, now, wall)
         leader = int(track.scores.argmax())
         lead = track.scores[leader] - track.scores[track.emotion]
         if leader != track.emotion and lead >= self.hysteresis:
             track.emotion, track.last_event = leader, now
             return [self._event("change", track, wall)]
         if self.heartbeat_s and now - track.last_event >= self.heartbeat_s:
-            track.last_event = now
+            # On the schedule, not a frame late each time (at 5 fps a 3 s heartbeat came every
+            # 3.1 s); after a gap (no frames for a while) the schedule starts again from now.
+            due = track.last_event + self.heartbeat_s
+            track.last_event = due if now - due < self.heartbeat_s else now
             return [self._event("heartbeat", track, wall)]
         return []
 

@@ -707,3 +707,14 @@ def test_the_daemon_runtime_never_imports_tensorflow():
         "sys.exit('tensorflow' in sys.modules or 'keras' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60).returncode == 0
+
+
+def test_a_reload_is_visible_to_a_restart_alert(daemons):
+    """A reload re-executes the same process: its counters start again from 0 while
+    process_start_time_seconds stays. The daemon's own start time moves on."""
+    daemon = daemons({"cameras": [{"name": "clip", "source": str(CLIP), "loop": True}]})
+    first = daemon.wait_metric("edge_emotion_start_time_seconds", lambda v: v > 0, timeout=30)
+    assert abs(first - time.time()) < 60
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_metric("edge_emotion_start_time_seconds", lambda v: v > first, timeout=30)
+    assert daemon.stop() == 0

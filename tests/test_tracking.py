@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from convert import EMOTIONS
 from edge.faces import Box
@@ -52,6 +53,7 @@ def test_two_faces_get_two_tracks_and_each_ends_when_gone():
     t = tracker(lost_after_s=0.5)
     left, right = Box(10, 10, 60, 60), Box(300, 10, 60, 60)
     events = t.update([left, right], np.array([probs(HAPPY), probs(SAD)]), now=0.0)
+    events += t.update([left, right], np.array([probs(HAPPY), probs(SAD)]), now=0.1)
     events += t.update([left], np.array([probs(HAPPY)]), now=0.3)
     events += t.update([left], np.array([probs(HAPPY)]), now=0.6)
     summary = [(e.kind, e.track_id, e.emotion) for e in events]
@@ -62,8 +64,45 @@ def test_two_faces_get_two_tracks_and_each_ends_when_gone():
 def test_heartbeat_while_a_face_stays():
     t = tracker(heartbeat_s=1.0)
     box = [Box(100, 100, 80, 80)]
-    kinds = [e.kind for i in range(31) for e in t.update(box, np.array([probs(HAPPY)]), i * 0.1)]
-    assert kinds == ["start", "heartbeat", "heartbeat", "heartbeat"]
+    kinds = [e.kind for i in range(14) for e in t.update(box, np.array([probs(HAPPY)]), i / 4)]
+    assert kinds == ["start", "heartbeat", "heartbeat", "heartbeat"]  # at 0.25 and 1.25, ...
+
+
+def test_heartbeats_keep_their_period_whatever_the_frame_rate():
+    """Frames every 0.375 s, heartbeat every 1 s: 29 heartbeats in the 29 s after the start,
+    not one per 1.125 s (each came at the first frame after the last one's time + 1 s)."""
+    t = tracker(heartbeat_s=1.0)
+    box = [Box(100, 100, 80, 80)]
+    times = [i * 0.375 for i in range(81)]  # up to 30 s
+    kinds = [e.kind for now in times for e in t.update(box, np.array([probs(HAPPY)]), now)]
+    assert kinds.count("heartbeat") == 29
+
+
+def test_a_face_seen_in_one_frame_only_makes_no_event():
+    """Haar's false faces last a frame: no start, no end, no face count for them."""
+    t = tracker()
+    face, ghost = Box(100, 100, 80, 80), Box(400, 300, 120, 120)
+    events = t.update([face], np.array([probs(HAPPY)]), now=0.0)
+    events += t.update([face, ghost], np.array([probs(HAPPY), probs(SAD)]), now=0.1)
+    events += t.update([face], np.array([probs(HAPPY)]), now=0.2)
+    for i in range(3, 30):
+        events += t.update([face], np.array([probs(HAPPY)]), now=i * 0.1)
+    assert [(e.kind, e.track_id) for e in events] == [("start", 1)]
+    assert t.present() == [("happy", pytest.approx(0.8))]
+
+
+def test_one_face_found_twice_in_a_frame_stays_one_track():
+    """Boxes Haar returned for one face on a bench clip (head-pose-face-detection-male.gif):
+    IoU 0.53. The second must not start a second track."""
+    t = tracker()
+    first, twice = Box(200, 40, 95, 95), Box(198, 68, 95, 95)
+    events = t.update([first], np.array([probs(HAPPY)]), now=0.0)
+    events += t.update([first], np.array([probs(HAPPY)]), now=0.1)
+    for i in range(2, 20):
+        boxes = [first, twice] if i % 3 == 0 else [first]
+        events += t.update(boxes, np.array([probs(HAPPY)] * len(boxes)), now=i * 0.1)
+    assert [(e.kind, e.track_id) for e in events] == [("start", 1)]
+    assert len(t.present()) == 1
 
 
 def test_a_clock_step_backwards_does_not_keep_a_gone_face_alive():
@@ -71,5 +110,6 @@ def test_a_clock_step_backwards_does_not_keep_a_gone_face_alive():
     t = tracker(lost_after_s=0.5)
     box = [Box(100, 100, 80, 80)]
     t.update(box, np.array([probs(HAPPY)]), now=10.0, wall=1_800_000_000.0)
-    events = t.update([], np.zeros((0, 7)), now=10.6, wall=1_700_000_000.0)
-    assert [(e.kind, e.frame_time) for e in events] == [("end", 1_800_000_000.0)]
+    t.update(box, np.array([probs(HAPPY)]), now=10.1, wall=1_800_000_000.5)
+    events = t.update([], np.zeros((0, 7)), now=10.7, wall=1_700_000_000.0)
+    assert [(e.kind, e.frame_time) for e in events] == [("end", 1_800_000_000.5)]

@@ -97,6 +97,11 @@ class TrackingConfig(Section):
     smoothing: float = Field(0.3, gt=0, le=1, description="weight of the newest frame's scores")
     hysteresis: float = Field(0.1, ge=0, lt=1, description="lead needed to change emotion")
     heartbeat_s: float = Field(10.0, ge=0, le=86400, description="0 disables heartbeat events")
+    # Haar's one-frame false faces would each be a start and an end (edge.track): 2 costs one
+    # analysed frame of delay (0.1 s at 10 fps); 1 announces a face at its first sighting.
+    confirm_frames: int = Field(
+        2, ge=1, le=100, description="analysed frames in a row a face is seen in before its start"
+    )
 
 
 class EdgeConfig(BaseSettings):
