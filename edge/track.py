@@ -7,8 +7,10 @@ has been gone for ``lost_after_s``.
 Haar finds things that are not faces for a frame, and sometimes one face twice (two boxes
 overlapping by IoU 0.4-0.5 on the bench clips). Announced at once, each would be a ``start`` and an
 ``end`` a second later, and a face count flickering 1-2-1 in Home Assistant. So a face is announced
-once seen in ``confirm_frames`` analysed frames in a row, and a box that overlaps a face already
-tracked in the same frame is that face again, not a new one.
+once seen in ``confirm_frames`` analysed frames, each within ``lost_after_s`` of the last (Haar
+misses a real face in some frames: a rule of frames in a row kept the demo's face unannounced
+for seconds); a candidate not seen again for ``lost_after_s`` goes without a word. A box that
+overlaps a face already tracked in the same frame is that face again, not a new one.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class Track:
     last_seen: float  # monotonic
     last_event: float  # monotonic
     seen_at: float  # wall clock of the last sighting, reported in events
-    hits: int = 1  # frames in a row it was seen in, until announced
+    hits: int = 1  # frames it was seen in, until announced
 
     @property
     def announced(self) -> bool:
@@ -95,9 +97,6 @@ class Tracker:
             events.extend(self._observe(track, boxes[index], probs[index], now, wall))
         for index in new:
             events.extend(self._start(boxes[index], probs[index], now, wall))
-        for track in [t for t in self._tracks if t not in matched and t.last_seen < now]:
-            if not track.announced:
-                self._tracks.remove(track)  # not in the next frame: not a face after all
         return events + self.tick(now)
 
     def tick(self, now: float) -> list[TrackEvent]:

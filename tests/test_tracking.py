@@ -113,3 +113,14 @@ def test_a_clock_step_backwards_does_not_keep_a_gone_face_alive():
     t.update(box, np.array([probs(HAPPY)]), now=10.1, wall=1_800_000_000.5)
     events = t.update([], np.zeros((0, 7)), now=10.7, wall=1_700_000_000.0)
     assert [(e.kind, e.frame_time) for e in events] == [("end", 1_800_000_000.5)]
+
+
+def test_a_face_the_detector_misses_every_other_frame_is_announced():
+    """Haar found the demo's face in every other analysed frame: it is a face all the same."""
+    t = tracker()
+    face = Box(220, 52, 120, 120)
+    events = []
+    for i in range(6):
+        boxes = [face] if i % 2 == 0 else []
+        events += t.update(boxes, np.array([probs(HAPPY)] * len(boxes)), now=i * 0.2)
+    assert [(e.kind, e.track_id) for e in events] == [("start", 1)]

@@ -100,7 +100,7 @@ class TrackingConfig(Section):
     # Haar's one-frame false faces would each be a start and an end (edge.track): 2 costs one
     # analysed frame of delay (0.1 s at 10 fps); 1 announces a face at its first sighting.
     confirm_frames: int = Field(
-        2, ge=1, le=100, description="analysed frames in a row a face is seen in before its start"
+        2, ge=1, le=100, description="analysed frames a face is seen in before its start"
     )
 
 
