@@ -135,6 +135,10 @@ class FaceScanner:
         # Cameras with faces in view scan fully in different frames, not all in the same tick.
         self._since_full = offset % full_scan_every
 
+    def forget(self) -> None:
+        """The next frame is scanned whole (the frame size changed: the old boxes mean nothing)."""
+        self._last = []
+
     def find(self, gray: np.ndarray) -> list[Box]:
         self._since_full += 1
         if not self._last or self._since_full >= self.full_scan_every:

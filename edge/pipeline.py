@@ -72,6 +72,7 @@ class CameraAnalysis:
         self.next_due = 0.0  # monotonic time from which the next frame may be analysed
         self.last_tick = time.monotonic()
         self.failed_frames = 0
+        self._frame_shape: tuple[int, ...] | None = None
         self.done = False  # its file ended and its tracks are closed
         self._last_failure_log = 0.0
         self._state: tuple[int, str] | None = None  # last published (faces, dominant emotion)
@@ -105,6 +106,13 @@ class CameraAnalysis:
         started = time.perf_counter()
         m.stage_seconds.labels(camera, "read").observe(max(0.0, time.monotonic() - frame.monotonic))
         gray = to_gray(frame.image)
+        if gray.shape != self._frame_shape:
+            if self._frame_shape is not None:
+                # The camera changed its resolution (a stream's profile, a file's next part):
+                # boxes of the old size match nothing, so its faces end and are found anew.
+                self._emit(self.tracker.close())
+                self.scanner.forget()
+            self._frame_shape = gray.shape
         boxes = self.scanner.find(gray)
         detected = time.perf_counter()
         probs = classifier.predict([crop(gray, box) for box in boxes])

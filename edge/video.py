@@ -32,6 +32,7 @@ import av
 import cv2
 import numpy as np
 
+from edge import MAX_IMAGE_PIXELS
 from edge.config import CameraConfig
 from edge.config.camera import mask_urls
 
@@ -54,6 +55,10 @@ LIMITED_TO_FULL = np.clip((np.arange(256) - 16) * 255 / 219 + 0.5, 0, 255).astyp
 # second is several frames of any camera and the SDP names the codec, so an RTSP open took 0.4 s
 # instead of 2 s here. The RTSP transport is the camera's setting (CameraConfig.rtsp_transport).
 STREAM_OPTIONS = {"analyzeduration": "500000", "probesize": "100000"}
+# A damaged packet (a bit error, a lost UDP packet, a file cut or overwritten in places) fails to
+# decode, and the next keyframe decodes again: the session goes on, and ends only after this many
+# failures in a row (a stream that is no longer video at all).
+MAX_BAD_PACKETS = 25
 # Pixel formats whose first plane is the 8-bit luma, i.e. the gray frame, as it is.
 LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
 
@@ -116,15 +121,33 @@ class FFmpegSource:
         except (av.FFmpegError, RuntimeError) as error:
             self.close()
             raise OSError(f"cannot open {camera.masked_source()}: no video ({error})") from None
+        codec = self._stream.codec_context
+        if codec.width * codec.height > MAX_IMAGE_PIXELS:
+            # A 500-byte GIF can declare a 16000x16000 canvas: 3 GB per frame for the whole
+            # daemon, every camera with it. edge analyze refuses such files too.
+            self.close()
+            raise OSError(
+                f"cannot open {camera.masked_source()}: {codec.width}x{codec.height} is larger "
+                f"than {MAX_IMAGE_PIXELS // 10**6} megapixels"
+            )
         rate = self._stream.average_rate or self._stream.guessed_rate
         fps = float(rate) if rate else 0.0
         self.pace = 0.0 if camera.kind != "file" else (1 / fps if 1 <= fps <= 240 else 1 / 25)
 
     def frames(self) -> Iterator[np.ndarray]:
+        bad = 0
         try:
             for packet in self._container.demux(self._stream):
-                for frame in packet.decode():
-                    yield luma(frame)
+                try:
+                    decoded = packet.decode()
+                except av.InvalidDataError:
+                    bad += 1
+                    if bad >= MAX_BAD_PACKETS:
+                        raise
+                    continue
+                bad = 0
+                for frame in decoded:
+                    yield upright(frame, luma(frame))
         except (av.FFmpegError, OSError, ValueError) as error:
             raise OSError(f"{self.camera.masked_source()}: {_reason(error)}") from None
 
@@ -150,6 +173,13 @@ def luma(frame: av.VideoFrame) -> np.ndarray:
     return cv2.LUT(rows[:, : plane.width], LIMITED_TO_FULL)
 
 
+def upright(frame: av.VideoFrame, gray: np.ndarray) -> np.ndarray:
+    """The image as players show it: a phone's portrait video is stored sideways with a
+    rotation in its metadata, and a sideways face is no face to Haar."""
+    turns = round(frame.rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(gray, turns)) if turns else gray
+
+
 def _refused(error: str) -> bool:
     """The server answered and said no (HTTP-style status in FFmpeg's message)."""
     return any(word in error for word in REFUSALS)
@@ -157,6 +187,8 @@ def _refused(error: str) -> bool:
 
 def _reason(error: Exception) -> str:
     """FFmpeg's words without the URL (which may carry credentials) that PyAV appends."""
+    if isinstance(error, av.ExitError):  # our timeout's interrupt, in FFmpeg's words
+        return "no answer within the timeout (open_timeout_s, read_timeout_s)"
     return getattr(error, "strerror", None) or type(error).__name__
 
 
@@ -361,6 +393,13 @@ class CameraReader:
                     next_due += source.pace
                     self._stop.wait(max(0.0, next_due - time.monotonic()))
         except OSError as error:
+            if self.camera.kind == "file" and index > 0:
+                # Damaged past what can be skipped: the rest of the file cannot be read, and
+                # reading it again from the start would repeat the same faces, forever.
+                log.warning(
+                    "camera %s: %s; the rest of the file is skipped", self.camera.name, error
+                )
+                return index, True, str(error)
             return index, False, str(error)
         # A live stream that ends was closed by its server: reopen, as after a failure.
         return index, self.camera.kind == "file", "end of stream"

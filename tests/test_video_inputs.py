@@ -1,0 +1,144 @@
+"""Video as it comes from the field: damaged files, phone videos, hostile headers, size changes."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import yaml
+from conftest import ROOT, SHARED, huge_gif
+
+from edge.config import CameraConfig
+from edge.faces import FaceDetector
+from edge.video import FFmpegSource
+
+CLIP = SHARED / "media" / "asl-again.mkv"
+
+
+def clip_frames() -> list[np.ndarray]:
+    with av.open(str(CLIP)) as container:
+        return [frame.to_ndarray(format="bgr24") for frame in container.decode(video=0)]
+
+
+def write_mp4(path: Path, images: list[np.ndarray]) -> Path:
+    """H.264 with a keyframe every 10 frames, the index first (as phones and cameras write)."""
+    height, width = images[0].shape[:2]
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=30, options={"g": "10"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for image in images:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        out.mux(stream.encode())
+    return path
+
+
+def frames_of(path: Path) -> list[np.ndarray]:
+    source = FFmpegSource(CameraConfig(name="clip", source=str(path)))
+    try:
+        return list(source.frames())
+    finally:
+        source.close()
+
+
+def test_a_file_damaged_in_places_is_read_past_the_damage_and_ends(tmp_path):
+    """Three 2 KB stretches overwritten (a bad sector, a copy cut short and patched): the
+    frames after each are read, and the camera ends as a file does. It stopped at the first
+    damaged frame and was reopened from the start, forever, each pass a new track."""
+    damaged = tmp_path / "damaged.mp4"
+    content = bytearray(write_mp4(damaged, clip_frames()).read_bytes())
+    rng = np.random.default_rng(0)
+    for at in (0.3, 0.5, 0.7):
+        start = int(len(content) * at)
+        content[start : start + 2000] = rng.integers(0, 256, 2000, np.uint8).tobytes()
+    damaged.write_bytes(content)
+    assert len(frames_of(damaged)) >= 70  # of 77
+
+    config = tmp_path / "edge.yaml"
+    camera = {"name": "clip", "source": str(damaged)}
+    config.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
+    run = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]  # every source ended
+    assert "camera clip: end of file" in run.stderr, run.stderr[-2000:]
+    starts = [line for line in run.stdout.splitlines() if '"event":"start"' in line]
+    assert len(starts) == 1, run.stdout  # one face, one pass
+
+
+def test_a_phone_video_stored_sideways_is_analysed_upright(tmp_path):
+    """Phones store portrait video sideways with a rotation in the file's header; players,
+    OpenCV and `edge analyze` turn it. The daemon gave Haar the sideways frames: no face."""
+    sideways = [np.ascontiguousarray(np.rot90(f)) for f in clip_frames()[:10]]
+    video = write_mp4(tmp_path / "portrait.mp4", sideways)
+    content = bytearray(video.read_bytes())
+    tkhd = content.find(b"tkhd")  # version 0: the matrix follows 76 bytes of fields
+    matrix = [0, 0x10000, 0, -0x10000 & 0xFFFFFFFF, 0, 0, 0, 0, 0x40000000]
+    content[tkhd + 44 : tkhd + 80] = struct.pack(">9I", *matrix)
+    video.write_bytes(content)
+    with av.open(str(video)) as container:
+        assert next(container.decode(video=0)).rotation in (90, -90)
+    first = frames_of(video)[0]
+    assert first.shape == (480, 640)  # as the camera saw it
+    assert FaceDetector().detect(first)
+
+
+def test_a_tiny_file_that_declares_a_huge_picture_is_refused_unread(tmp_path):
+    """A GIF of a few hundred bytes can declare a 16000 x 16000 canvas: decoding it cost the
+    daemon 3 GB and seconds per frame, every camera with it."""
+    gif = tmp_path / "huge.gif"
+    huge_gif(gif, 16000, 16000)
+    try:
+        FFmpegSource(CameraConfig(name="gif", source=str(gif)))
+    except OSError as error:
+        assert "16000x16000 is larger than 50 megapixels" in str(error)
+    else:
+        raise AssertionError("a 256-megapixel GIF was opened")
+
+
+def write_ts(path: Path, images: list[np.ndarray]) -> bytes:
+    height, width = images[0].shape[:2]
+    with av.open(str(path), "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=30, options={"g": "10"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for image in images:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
+        out.mux(stream.encode())
+    return path.read_bytes()
+
+
+def test_a_camera_that_changes_its_resolution_keeps_one_track_per_face(tmp_path):
+    """A stream switching profile (640x480, then 1280x960): the face's old box means nothing
+    in the new frame. The track ends and one starts anew, never two tracks for one face."""
+    frames = clip_frames()
+    small = write_ts(tmp_path / "a.ts", frames[:40])
+    large = write_ts(tmp_path / "b.ts", [np.repeat(np.repeat(f, 2, 0), 2, 1) for f in frames[40:]])
+    video = tmp_path / "switch.ts"
+    video.write_bytes(small + large)
+    config = tmp_path / "edge.yaml"
+    camera = {"name": "clip", "source": str(video), "fps": 30}
+    config.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
+    run = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    open_tracks, most = set(), 0
+    for event in map(json.loads, run.stdout.splitlines()):
+        if event["event"] == "start":
+            open_tracks.add(event["track_id"])
+        elif event["event"] == "end":
+            open_tracks.discard(event["track_id"])
+        most = max(most, len(open_tracks))
+    assert most == 1, run.stdout
