@@ -1,4 +1,4 @@
-"""``python -m convert train|adjust|export|evaluate|pack``: the toolchain's command line."""
+"""``python -m convert train|adjust|average|export|evaluate|pack``: the toolchain's command line."""
 
 from __future__ import annotations
 
@@ -273,6 +273,24 @@ def parser() -> argparse.ArgumentParser:
     pack.add_argument("--data", required=True, help="a folder with train/ and val/, or a .csv")
     pack.add_argument("--votes", help=votes_help)
     pack.add_argument("--out", type=path_argument, required=True, help="the .npz file to write")
+
+    average = commands.add_parser(
+        "average", help="average the weights of models fine-tuned from one model (a model soup)"
+    )
+    average.set_defaults(command=run_average, name="average")
+    average.add_argument(
+        "--model",
+        type=path_argument,
+        action="append",
+        required=True,
+        help="a .keras model from train, fine-tuned from the same --init; repeat (two or more)",
+    )
+    average.add_argument("--out", type=path_argument, required=True, help="the .keras soup")
+    average.add_argument(
+        "--data", help="FER2013 data for the val accuracy (default: the data of the first model)"
+    )
+    average.add_argument("--val-data", help="the val faces (PublicTest) if not inside --data")
+    average.add_argument("--votes", help=votes_help)
     return top
 
 
@@ -285,6 +303,17 @@ def run_pack(args: argparse.Namespace) -> int:
     size = pack(splits, args.out)
     counts = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
     print(f"{args.out}: {counts} faces with FER+ votes, {size / 2**20:.1f} MiB")
+    return 0
+
+
+def run_average(args: argparse.Namespace) -> int:
+    from convert.average import average
+    from convert.export import Inputs
+
+    _output_file(args.out, ".keras", "the model file", args.model[0])
+    found = average(args.model, args.out, Inputs(args.data, args.val_data, args.votes))
+    accuracy = ", ".join(f"{k} {v:.4f}" for k, v in found.items())
+    print(f"val accuracy (no flip): {accuracy}\nsaved to {args.out}")
     return 0
 
 

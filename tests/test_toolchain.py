@@ -519,3 +519,40 @@ def test_flip_augmentation_shows_each_training_face_as_itself_or_its_mirror_imag
         assert (same | mirrored).all() == only_mirrors, kind
         if only_mirrors:
             assert same.any() and mirrored.any()  # the mirror image half of the time
+
+
+def test_fine_tunes_of_one_model_average_into_a_model_that_exports(trained: Path, tmp_path: Path):
+    """A model soup: two fine-tunes of one model (other seeds) average into one network whose
+    weights are their mean, which export takes like any trained model. Models of other starts,
+    or already adjusted ones, are refused: their mean would be no model."""
+    import keras
+
+    tunes = []
+    for seed in ("1", "2"):
+        tunes.append(tmp_path / f"tune{seed}.keras")
+        result = run_cli(
+            "convert", "train", "--data", SAMPLE_CSV, "--weights", MNV2_WEIGHTS, "--init", trained,
+            "--head-epochs", "0", "--epochs", "1", "--image-size", "32", "--batch-size", "32",
+            "--seed", seed, "--out", tunes[-1], *CSV_LABELS,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+    soup = tmp_path / "soup.keras"
+    result = run_cli("convert", "average", "--model", tunes[0], "--model", tunes[1], "--out", soup)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "val accuracy (no flip): fer2013 0." in result.stdout
+    a, b, mean = (
+        keras.saving.load_model(m).get_layer("emotion").get_weights() for m in [*tunes, soup]
+    )
+    assert not np.allclose(a[0], b[0])  # the seeds made two models
+    assert np.allclose(mean[0], (a[0] + b[0]) / 2, atol=1e-6)
+    history = json.loads(soup.with_suffix(".history.json").read_text())
+    assert history["averaged"] == [str(t.resolve()) for t in tunes]
+    exported = tmp_path / "soup.tflite"
+    result = run_cli(
+        "convert", "export", "--model", soup, "--quantize", "float16", "--out", exported
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    result = run_cli("convert", "average", "--model", trained, "--model", tunes[0], "--out", soup)
+    assert result.returncode == 2 and "were not fine-tuned from one model" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
