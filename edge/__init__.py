@@ -14,6 +14,9 @@ from pathlib import Path
 # it loads, so it is set here, before any module of the package imports cv2.
 MAX_IMAGE_PIXELS = 50_000_000
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+# FFmpeg inside OpenCV prints each damaged macroblock ("[h264 @ 0x...] error while decoding MB")
+# from its decoding threads, unnamed and unasked, around our one line that names the file.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
 
 MODEL_FILE = "emotion.tflite"
 

@@ -23,6 +23,9 @@ from edge.emotions import EmotionClassifier, native_stderr_silenced
 from edge.faces import FaceDetector, crop, to_gray
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".pgm"}
+# Reads that fail in a row before a video counts as ended: a damaged stretch of a file fails a
+# few frames, and the frames after it are read (it stopped at the first, with exit code 0).
+MAX_UNREADABLE_FRAMES = 25
 # ``rtsp://cam/x`` as pathlib keeps it (``rtsp:/cam/x``), when no such file exists.
 STREAM_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
 ANIMATED_SUFFIXES = {".gif"}  # OpenCV reads one frame of these; FFmpeg reads them all
@@ -130,11 +133,18 @@ def _decoded(path: Path, name: str) -> Iterator[tuple[int, np.ndarray]]:
             ok, image = capture.read()
         if not ok:
             raise OSError(f"{path}: not a readable image or video")
-        index = 0
-        while ok:
-            yield index, image
-            index += 1
-            ok, image = capture.read()
+        index, lost, failing = 0, 0, 0
+        while failing < MAX_UNREADABLE_FRAMES:
+            if ok:
+                lost, failing = lost + failing, 0  # failures followed by a frame: damage
+                yield index, image
+                index += 1
+            else:
+                failing += 1  # damage, or the end of the file: told apart by what follows
+            with native_stderr_silenced():  # FFmpeg's "error while decoding MB ..." lines
+                ok, image = capture.read()
+        if lost:
+            raise OSError(f"{path}: {lost} damaged frames could not be decoded and were skipped")
     finally:
         capture.release()
 

@@ -45,10 +45,8 @@ def frames_of(path: Path) -> list[np.ndarray]:
         source.close()
 
 
-def test_a_file_damaged_in_places_is_read_past_the_damage_and_ends(tmp_path):
-    """Three 2 KB stretches overwritten (a bad sector, a copy cut short and patched): the
-    frames after each are read, and the camera ends as a file does. It stopped at the first
-    damaged frame and was reopened from the start, forever, each pass a new track."""
+def damaged_clip(tmp_path: Path) -> Path:
+    """The clip with three 2 KB stretches overwritten (a bad sector, a copy cut and patched)."""
     damaged = tmp_path / "damaged.mp4"
     content = bytearray(write_mp4(damaged, clip_frames()).read_bytes())
     rng = np.random.default_rng(0)
@@ -56,6 +54,14 @@ def test_a_file_damaged_in_places_is_read_past_the_damage_and_ends(tmp_path):
         start = int(len(content) * at)
         content[start : start + 2000] = rng.integers(0, 256, 2000, np.uint8).tobytes()
     damaged.write_bytes(content)
+    return damaged
+
+
+def test_a_file_damaged_in_places_is_read_past_the_damage_and_ends(tmp_path):
+    """Three 2 KB stretches overwritten (a bad sector, a copy cut short and patched): the
+    frames after each are read, and the camera ends as a file does. It stopped at the first
+    damaged frame and was reopened from the start, forever, each pass a new track."""
+    damaged = damaged_clip(tmp_path)
     assert len(frames_of(damaged)) >= 70  # of 77
 
     config = tmp_path / "edge.yaml"
@@ -142,3 +148,20 @@ def test_a_camera_that_changes_its_resolution_keeps_one_track_per_face(tmp_path)
             open_tracks.discard(event["track_id"])
         most = max(most, len(open_tracks))
     assert most == 1, run.stdout
+
+
+def test_analyze_reads_past_damage_and_says_what_it_skipped(tmp_path):
+    """It stopped at the first damaged frame, exit code 0, with FFmpeg's own lines on stderr:
+    the faces of the rest of the file were missing without a word."""
+    damaged = damaged_clip(tmp_path)
+    run = subprocess.run(
+        [sys.executable, "-m", "edge", "analyze", str(damaged), "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert len({json.loads(line)["frame"] for line in run.stdout.splitlines()}) >= 70
+    assert run.stderr.endswith("damaged frames could not be decoded and were skipped\n")
+    assert len(run.stderr.splitlines()) == 1, run.stderr
