@@ -45,6 +45,19 @@ def frames_of(path: Path) -> list[np.ndarray]:
         source.close()
 
 
+def daemon_until_sources_end(tmp_path: Path, camera: dict) -> subprocess.CompletedProcess:
+    """The daemon on one file camera (not looped), events to stdout, until the file ends."""
+    config = tmp_path / "edge.yaml"
+    config.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
+    return subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def damaged_clip(tmp_path: Path) -> Path:
     """The clip with three 2 KB stretches overwritten (a bad sector, a copy cut and patched)."""
     damaged = tmp_path / "damaged.mp4"
@@ -64,16 +77,7 @@ def test_a_file_damaged_in_places_is_read_past_the_damage_and_ends(tmp_path):
     damaged = damaged_clip(tmp_path)
     assert len(frames_of(damaged)) >= 70  # of 77
 
-    config = tmp_path / "edge.yaml"
-    camera = {"name": "clip", "source": str(damaged)}
-    config.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
-    run = subprocess.run(
-        [sys.executable, "-m", "edge", "run", "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = daemon_until_sources_end(tmp_path, {"name": "clip", "source": str(damaged)})
     assert run.returncode == 0, run.stderr[-2000:]  # every source ended
     assert "camera clip: end of file" in run.stderr, run.stderr[-2000:]
     starts = [line for line in run.stdout.splitlines() if '"event":"start"' in line]
@@ -129,16 +133,7 @@ def test_a_camera_that_changes_its_resolution_keeps_one_track_per_face(tmp_path)
     large = write_ts(tmp_path / "b.ts", [np.repeat(np.repeat(f, 2, 0), 2, 1) for f in frames[40:]])
     video = tmp_path / "switch.ts"
     video.write_bytes(small + large)
-    config = tmp_path / "edge.yaml"
-    camera = {"name": "clip", "source": str(video), "fps": 30}
-    config.write_text(yaml.safe_dump({"cameras": [camera], "metrics": {"enabled": False}}))
-    run = subprocess.run(
-        [sys.executable, "-m", "edge", "run", "--config", str(config)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    run = daemon_until_sources_end(tmp_path, {"name": "clip", "source": str(video), "fps": 30})
     assert run.returncode == 0, run.stderr[-2000:]
     open_tracks, most = set(), 0
     for event in map(json.loads, run.stdout.splitlines()):
