@@ -322,7 +322,7 @@ def _check_csv_header(path: Path, header: list[str]) -> None:
     missing = [c for c in CSV_COLUMNS if c not in header]
     if not missing:
         return
-    shown = [c if len(c) <= SHOWN_CELL else f"{c[:SHOWN_CELL]}..." for c in header]
+    shown = [_cell(c) for c in header]
     data = any(cell.replace(" ", "").isdecimal() for cell in header)
     found = "its first line looks like data, not a header" if data else f"CSV header {shown}"
     raise ConvertError(
@@ -331,13 +331,19 @@ def _check_csv_header(path: Path, header: list[str]) -> None:
     )
 
 
+def _cell(text: str) -> str:
+    """A CSV cell as an error quotes it: cut to ``SHOWN_CELL`` characters."""
+    return text if len(text) <= SHOWN_CELL else f"{text[:SHOWN_CELL]}..."
+
+
 def _csv_usage(path: Path, line: int, value: str) -> str:
     """A row's split; any other value is refused: a row of 'Validation' (or one whose pixels
     were separated by commas) was dropped without a word."""
     usage = value.strip()
     if usage not in USAGES:
-        shown = usage if len(usage) <= SHOWN_CELL else f"{usage[:SHOWN_CELL]}..."
-        raise ConvertError(f"{path}:{line}: Usage {shown!r} is not one of {', '.join(USAGES)}")
+        raise ConvertError(
+            f"{path}:{line}: Usage {_cell(usage)!r} is not one of {', '.join(USAGES)}"
+        )
     return usage
 
 

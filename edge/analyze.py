@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from edge import DEFAULT_MODEL, MAX_IMAGE_PIXELS
-from edge.config.camera import mask_urls
+from edge.config.camera import SCHEME_NAME, mask_urls
 from edge.emotions import EmotionClassifier, native_stderr_silenced
 from edge.faces import FaceDetector, crop, to_gray
 
@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 # few frames, and the frames after it are read (it stopped at the first, with exit code 0).
 MAX_UNREADABLE_FRAMES = 25
 # ``rtsp://cam/x`` as pathlib keeps it (``rtsp:/cam/x``), when no such file exists.
-STREAM_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/")
+STREAM_URL = re.compile(rf"{SCHEME_NAME}:/")
 ANIMATED_SUFFIXES = {".gif"}  # OpenCV reads one frame of these; FFmpeg reads them all
 
 

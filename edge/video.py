@@ -121,7 +121,6 @@ class FFmpegSource:
         except (av.FFmpegError, RuntimeError) as error:
             self.close()
             raise OSError(f"cannot open {camera.masked_source()}: no video ({error})") from None
-        codec = self._stream.codec_context
         if codec.width * codec.height > MAX_IMAGE_PIXELS:
             # A 500-byte GIF can declare a 16000x16000 canvas: 3 GB per frame for the whole
             # daemon, every camera with it. edge analyze refuses such files too.

@@ -17,7 +17,8 @@ STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "udp", "tcp")
 MAX_USB_INDEX = 999
 # A URL's scheme, read without a URL parser: ``urlsplit`` reads ``[...]`` after the ``@`` of
 # credentials as an IPv6 host and its error quotes what is inside (the password).
-SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+SCHEME_NAME = r"[A-Za-z][A-Za-z0-9+.-]*"
+SCHEME = re.compile(rf"({SCHEME_NAME}):")
 # A newline in a source would forge lines in the log and in the live view's camera list.
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -111,7 +112,7 @@ SHOWN_KEYS = frozenset(
         *("media", "audio"),
     ]
 )
-URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+URL = re.compile(rf"{SCHEME_NAME}://\S+")
 
 
 def _check_port(scheme: str, address: str) -> None:
@@ -149,7 +150,7 @@ def _mask_pair(match: re.Match) -> str:
 
 # A URL given where a path goes (``edge analyze rtsp://user:pass@cam/x``) comes back from
 # ``pathlib`` with one slash: ``rtsp:/user:pass@cam/x``.
-COLLAPSED_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*:/)[^/\s]\S*@")
+COLLAPSED_URL = re.compile(rf"({SCHEME_NAME}:/)[^/\s]\S*@")
 
 
 def mask_urls(text: str) -> str:
