@@ -78,10 +78,13 @@ mqtt: {host: localhost, username: edge, password: hunter2}
         ),
         (
             f"cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {{host: h, qos: off}}",
-            "qos takes a number, not false",
+            "mqtt.qos: takes a number (YAML reads yes, no, on and off as booleans) (got False)",
         ),
-        (f"cameras: [{{name: a, source: {CLIP}, fps: yes}}]", "fps takes a number, not true"),
-        (f"cameras: [{{name: a, source: {CLIP}}}]\nworkers: on", "workers takes a number"),
+        (f"cameras: [{{name: a, source: {CLIP}, fps: yes}}]", "cameras.0.fps: takes a number"),
+        (
+            f"cameras: [{{name: a, source: {CLIP}}}]\nworkers: on",
+            "configuration: workers: takes a number",
+        ),
         (
             f"cameras: [{{name: a, source: {CLIP}}}]\ndetector: {{min_size: 99999999999}}",
             "detector.min_size",

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     FilePath,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -32,7 +33,7 @@ from pydantic_settings import (
 from edge import DEFAULT_MODEL
 from edge.config.camera import NAME_PATTERN, CameraConfig, mask_url, mask_urls
 from edge.config.mqtt import HomeAssistantConfig, Host, MqttConfig, TlsConfig
-from edge.config.section import Section, refuse_booleans
+from edge.config.section import Section, refuse_boolean
 
 __all__ = [
     "CameraConfig",
@@ -125,10 +126,10 @@ class EdgeConfig(BaseSettings):
     workers: int = Field(0, ge=0, le=64)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
 
-    @model_validator(mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _numbers_are_not_booleans(cls, data: Any) -> Any:
-        return refuse_booleans(cls, data)
+    def _numbers_are_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        return refuse_boolean(cls, value, info)
 
     @field_validator("cameras")
     @classmethod
