@@ -206,6 +206,23 @@ def test_an_error_names_the_environment_when_the_value_came_from_it(tmp_path, mo
     assert f"{config} and environment: invalid configuration" in result.stderr
 
 
+def test_a_file_error_is_not_blamed_on_a_variable_that_sets_other_keys(tmp_path, monkeypatch):
+    """``EDGE_MQTT`` (JSON) holding the credentials is merged into the file's ``mqtt``: a bad
+    port from the file is the file's, and a bad port from the variable the variable's."""
+    config = write(
+        tmp_path, f"cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {{host: h, port: abc}}\n"
+    )
+    monkeypatch.setenv("EDGE_MQTT", '{"username": "edge"}')
+    result = run_cli("edge", "check-config", "--config", config)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"edge check-config: error: {config}: invalid configuration")
+    assert "(got 'abc')" in result.stderr and "EDGE_MQTT" not in result.stderr
+
+    monkeypatch.setenv("EDGE_MQTT", '{"Port": "x"}')
+    result = run_cli("edge", "check-config", "--config", config)
+    assert "mqtt.port" in result.stderr and "(got 'x') (from EDGE_MQTT)" in result.stderr
+
+
 def test_a_bracketed_ipv6_broker_address_is_used_as_an_address(tmp_path):
     """``[::1]`` is how URLs write it; a socket given the brackets never connects."""
     config = write(tmp_path, f"cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {{host: '[::1]'}}\n")

@@ -6,6 +6,7 @@ naming the key instead of being silently ignored for months.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -336,10 +337,27 @@ def _variable_for(loc: tuple) -> str | None:
     present = {name.upper(): name for name in os.environ if name.upper().startswith(ENV_PREFIX)}
     for depth in range(len(parts), 0, -1):
         name = ENV_PREFIX + "__".join(parts[:depth])
-        if name in present:
+        if name in present and _sets(os.environ[present[name]], parts[depth:]):
             return present[name]
     below = ENV_PREFIX + "__".join(parts) + "__"
     return next((present[n] for n in sorted(present) if parts and n.startswith(below)), None)
+
+
+def _sets(value: str, keys: list[str]) -> bool:
+    """Whether a variable's value holds ``keys``: ``EDGE_MQTT='{"username": …}'`` is merged
+    into the file's ``mqtt`` section, and a bad ``mqtt.port`` from the file is not its fault."""
+    for key in keys:
+        try:
+            value = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            return True  # not JSON: the variable's own problem, at its own key
+        if not isinstance(value, dict):
+            return True
+        found = [v for k, v in value.items() if str(k).upper() == key]
+        if not found:
+            return False
+        value = found[0]
+    return True
 
 
 # A configuration is a few KiB; reading stops past this, so ``--config /dev/zero`` (or a
