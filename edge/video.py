@@ -319,7 +319,7 @@ class CameraReader:
                     continue
                 first, opened = index, time.monotonic()
                 try:
-                    index, ended, why = self._read_until_failure(source, index)
+                    index, ended, why = self._read_until_failure(source, index, opened)
                 finally:
                     source.close()
                 if self._stop.is_set():
@@ -376,7 +376,9 @@ class CameraReader:
         self._stop.wait(backoff)
         return min(backoff * 2, REFUSED_BACKOFF_MAX_S if refused else BACKOFF_MAX_S)
 
-    def _read_until_failure(self, source: Source, index: int) -> tuple[int, bool, str]:
+    def _read_until_failure(
+        self, source: Source, index: int, opened: float
+    ) -> tuple[int, bool, str]:
         """Read until stopped or the source fails; returns (next index, reached end of file,
         why it stopped)."""
         next_due = time.monotonic()
@@ -386,6 +388,8 @@ class CameraReader:
                     return index, False, "stopped"
                 if not self.stats.up:
                     self._up(first_ever=index == 0)
+                elif self._flapping and time.monotonic() - opened >= STABLE_S:
+                    self._steady()
                 self._publish(Frame(self.camera.name, image, time.time(), time.monotonic(), index))
                 index += 1
                 if source.pace:
@@ -425,6 +429,14 @@ class CameraReader:
         if first_ever or self.camera.kind != "file":
             log.info("camera %s: reading %s", self.camera.name, self.camera.masked_source())
         self._warned = False
+
+    def _steady(self) -> None:
+        """A flapping source has now delivered for STABLE_S: the outage warned about is over,
+        said as it happens (not only at the session's end, which may be weeks away)."""
+        self._flapping, self._warned = False, False
+        log.info(
+            "camera %s: reading %s steadily again", self.camera.name, self.camera.masked_source()
+        )
 
     def _down(self, why: str) -> None:
         """Warn once per outage; repeats while it lasts go to debug, not to the journal."""

@@ -356,6 +356,26 @@ def test_an_outage_that_fills_the_queue_still_ends_with_the_daemon_online(broker
     assert daemon.log().count("MQTT queue full") == 1
 
 
+def test_a_flapping_camera_is_one_warning_and_its_recovery_is_logged(daemons):
+    """A stream that keeps closing soon after it opens is one outage (its repeats are debug
+    lines); once it delivers steadily again the journal says so, or the camera's last word
+    there would stay the warning while it works."""
+    server = RtspServer(CLIP).start()
+    try:
+        daemon = daemons({"cameras": [{"name": "flaky", "source": server.url(), "fps": 5}]})
+        up = 'edge_emotion_camera_up{camera="flaky"}'
+        for _ in range(2):  # each session shorter than the 10 s that make a source steady
+            daemon.wait_metric(up, lambda v: v == 1, timeout=30)
+            server.stop()
+            daemon.wait_metric(up, lambda v: v == 0, timeout=20)
+            server.start()
+        log = daemon.wait_log(lambda text: "steadily again" in text, timeout=40)
+        assert log.count("camera flaky: stream stopped delivering frames") == 1, log
+        assert daemon.stop() == 0
+    finally:
+        server.stop()
+
+
 def test_camera_recovers_after_stream_returns_and_others_keep_flowing(daemons):
     flaky = RtspServer(CLIP).start()
     steady = RtspServer(CLIP).start()
