@@ -88,6 +88,7 @@ class Source(Protocol):
     """An opened camera: its frames until the source ends (returns) or fails (raises OSError)."""
 
     pace: float  # seconds per frame to play a file at its own rate; 0 for live sources
+    finite: bool  # a file or a recording: its end is the end, not an outage to reconnect after
 
     def frames(self) -> Iterator[np.ndarray]: ...
 
@@ -129,9 +130,10 @@ class FFmpegSource:
                 f"cannot open {camera.masked_source()}: {codec.width}x{codec.height} is larger "
                 f"than {MAX_IMAGE_PIXELS // 10**6} megapixels"
             )
+        self.finite = camera.kind == "file" or _recording(camera, self._container)
         rate = self._stream.average_rate or self._stream.guessed_rate
         fps = float(rate) if rate else 0.0
-        self.pace = 0.0 if camera.kind != "file" else (1 / fps if 1 <= fps <= 240 else 1 / 25)
+        self.pace = 0.0 if not self.finite else (1 / fps if 1 <= fps <= 240 else 1 / 25)
 
     def frames(self) -> Iterator[np.ndarray]:
         bad = 0
@@ -179,6 +181,15 @@ def upright(frame: av.VideoFrame, gray: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(gray, turns)) if turns else gray
 
 
+def _recording(camera: CameraConfig, container: av.container.InputContainer) -> bool:
+    """An HTTP(S) URL with a duration is a recording (an MP4 on a web server, an HLS playlist
+    that ends), not a camera: played at its own rate and once, like a file, instead of being
+    downloaded as fast as it comes and replayed as a camera that "returned" after each end.
+    Live HTTP streams (MJPEG, live HLS) have no duration; RTSP is always taken as a camera."""
+    scheme = str(camera.source).split(":", 1)[0].lower()
+    return scheme in ("http", "https") and (container.duration or 0) > 0
+
+
 def _refused(error: str) -> bool:
     """The server answered and said no (HTTP-style status in FFmpeg's message)."""
     return any(word in error for word in REFUSALS)
@@ -221,6 +232,7 @@ class V4l2Source:
     """A USB camera through OpenCV's V4L2 backend."""
 
     pace = 0.0
+    finite = False
 
     def __init__(self, camera: CameraConfig) -> None:
         self.camera = camera
@@ -335,7 +347,8 @@ class CameraReader:
                 if not self._flapping:
                     backoff, self._warned = BACKOFF_START_S, False
                 if ended and not self.camera.loop:
-                    log.info("camera %s: end of file", self.camera.name)
+                    what = "file" if self.camera.kind == "file" else "the recording"
+                    log.info("camera %s: end of %s", self.camera.name, what)
                     return
                 if not ended:
                     self.stats.reconnects += 1
@@ -405,7 +418,7 @@ class CameraReader:
                 return index, True, str(error)
             return index, False, str(error)
         # A live stream that ends was closed by its server: reopen, as after a failure.
-        return index, self.camera.kind == "file", "end of stream"
+        return index, source.finite, "end of stream"
 
     def _publish(self, frame: Frame) -> None:
         with self._fresh:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import struct
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import av
@@ -160,3 +163,40 @@ def test_analyze_reads_past_damage_and_says_what_it_skipped(tmp_path):
     assert len({json.loads(line)["frame"] for line in run.stdout.splitlines()}) >= 70
     assert run.stderr.endswith("damaged frames could not be decoded and were skipped\n")
     assert len(run.stderr.splitlines()) == 1, run.stderr
+
+
+def test_a_recording_on_a_web_server_is_played_once_at_its_own_rate(tmp_path):
+    """An MP4/MKV URL (a recording an NVR or a web server hands out) has a duration, a camera
+    has none: it is played like a file, at its own rate, and ends. It was downloaded as fast as
+    it came (most frames dropped) and reopened as a camera that "came back", every few seconds,
+    each pass the same faces again."""
+    requests = []
+
+    class Files(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(CLIP.parent), **kwargs)
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{CLIP.name}"
+        started = time.monotonic()
+        run = daemon_until_sources_end(tmp_path, {"name": "nvr", "source": url, "fps": 10})
+        took = time.monotonic() - started
+    finally:
+        server.shutdown()
+    assert run.returncode == 0, run.stderr[-2000:]  # every source ended
+    assert "camera nvr: end of the recording" in run.stderr, run.stderr[-2000:]
+    assert len(requests) == 1, requests
+    with av.open(str(CLIP)) as container:
+        duration = container.duration / av.time_base
+    assert took >= duration  # played at its own rate, not as fast as it downloads
+    starts = [line for line in run.stdout.splitlines() if '"event":"start"' in line]
+    assert len(starts) == 1, run.stdout
