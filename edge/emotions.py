@@ -194,6 +194,7 @@ class EmotionClassifier:
         self._output = self._interpreter.get_output_details()[0]
         self._check_input_matches_metadata()
         self._batch = int(self._input["shape"][0])
+        self._check_outputs()
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -252,6 +253,30 @@ class EmotionClassifier:
                 face, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
             )
         return face
+
+    def _check_outputs(self) -> None:
+        """One probe at load: a model whose metadata says "probabilities" but that has no
+        softmax (or NaN weights) would publish negative, NaN or unbounded scores in every
+        event; refused at start-up instead, like any other unusable model."""
+        meta = self.metadata
+        rng = np.random.default_rng(0)
+        shape = (meta.input_height, meta.input_width, meta.input_channels)
+        probe = np.stack([np.zeros(shape, np.uint8), rng.integers(0, 256, shape, np.uint8)])
+        try:
+            scores = self.predict_prepared(probe)
+        except (RuntimeError, ValueError) as error:
+            raise ModelError(f"{self.path}: the interpreter cannot run it: {error}") from None
+        if not np.isfinite(scores).all():
+            raise ModelError(f"{self.path}: predicts NaN or infinite scores")
+        # A quantized output is off by up to half its step per score.
+        slack = 0.01 + len(meta.labels) * float(self._output["quantization"][0]) / 2
+        sums = scores.sum(axis=1)
+        if scores.min() < -slack or scores.max() > 1 + slack or np.abs(sums - 1).max() > slack:
+            raise ModelError(
+                f"{self.path}: its outputs are not probabilities (values {scores.min():.3g}.."
+                f"{scores.max():.3g}, summing to {sums.min():.3g}..{sums.max():.3g}): a model "
+                'without a final softmax needs "output": "logits" in its metadata'
+            )
 
     def _check_input_matches_metadata(self) -> None:
         meta = self.metadata

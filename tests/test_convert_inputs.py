@@ -147,6 +147,40 @@ def test_evaluate_feeds_a_tflite_model_the_layout_its_metadata_names(tmp_path, s
     assert result.json()["n"] == 70
 
 
+def test_a_tflite_model_without_softmax_declared_as_probabilities_is_refused(tmp_path):
+    """A hand-converted model whose metadata says "probabilities" but ends in raw logits: the
+    daemon published negative, unbounded scores in every event, and a teacher taught them."""
+    import keras
+    import tensorflow as tf
+
+    logits = keras_model(tmp_path / "logits.keras", (48, 48, 1), 7, activation="linear")
+    content = tf.lite.TFLiteConverter.from_keras_model(
+        keras.saving.load_model(logits, compile=False)
+    ).convert()
+    path = tmp_path / "logits.tflite"
+    path.write_bytes(content)
+    ModelMetadata(labels=EMOTIONS, input_height=48, input_width=48, input_channels=1).write(path)
+    config = tmp_path / "edge.yaml"
+    clip = ROOT.parent / "shared" / "media" / "asl-again.mkv"
+    config.write_text(f"cameras: [{{name: a, source: {clip}}}]\nmodel: {{path: {path}}}\n")
+    daemon = run_cli("edge", "check-config", "--config", config)
+    assert daemon.returncode == 2, daemon.stderr[-2000:]
+    assert daemon.stderr.count("\n") == 1 and "outputs are not probabilities" in daemon.stderr
+
+    evaluate = run_cli(
+        "convert", "evaluate", "--model", path, "--data", SAMPLE_CSV, "--latency-faces", 1
+    )
+    one_line_error(evaluate, "outputs are not probabilities")
+
+    ModelMetadata(
+        labels=EMOTIONS, input_height=48, input_width=48, input_channels=1, output="logits"
+    ).write(path)
+    evaluate = run_cli(
+        "convert", "evaluate", "--model", path, "--data", SAMPLE_CSV, "--latency-faces", 1
+    )
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]  # declared: softmax applied
+
+
 def test_a_model_that_predicts_nan_gives_no_numbers(tmp_path):
     result = run_cli(
         "convert", "evaluate", "--model", nan_model(tmp_path / "nan.keras"), "--data", SAMPLE_CSV,
