@@ -29,6 +29,7 @@ MAX_UNREADABLE_FRAMES = 25
 # ``rtsp://cam/x`` as pathlib keeps it (``rtsp:/cam/x``), when no such file exists.
 STREAM_URL = re.compile(rf"{SCHEME_NAME}:/")
 ANIMATED_SUFFIXES = {".gif"}  # OpenCV reads one frame of these; FFmpeg reads them all
+ANIMATION_CHUNK = 16  # frames of an animated WebP/PNG decoded at a time (not all at once)
 
 
 def is_image(path: Path, name: str) -> bool:
@@ -121,6 +122,7 @@ def _decoded(path: Path, name: str) -> Iterator[tuple[int, np.ndarray]]:
         if image is None:
             raise OSError(f"{path}: not a readable image, skipped")
         yield 0, image
+        yield from enumerate(_later_frames(path, name), start=1)
         return
     if _pixels_claimed(path) > MAX_IMAGE_PIXELS:
         raise OSError(f"{path}: larger than {MAX_IMAGE_PIXELS // 10**6} megapixels, skipped")
@@ -147,6 +149,28 @@ def _decoded(path: Path, name: str) -> Iterator[tuple[int, np.ndarray]]:
             raise OSError(f"{path}: {lost} damaged frames could not be decoded and were skipped")
     finally:
         capture.release()
+
+
+def _later_frames(path: Path, name: str) -> Iterator[np.ndarray]:
+    """The frames after the first of an animated WebP or PNG, or the pages of a TIFF:
+    ``imread`` gives the first only, and a clip shared as an animated WebP was one frame."""
+    try:
+        count = cv2.imcount(name)
+    except cv2.error:
+        return
+    for start in range(1, count, ANIMATION_CHUNK):
+        try:
+            ok, animation = cv2.imreadanimation(name, start=start, count=ANIMATION_CHUNK)
+        except cv2.error:
+            ok = False
+        if not ok:
+            raise OSError(f"{path}: frames {start} to {count - 1} could not be read, skipped")
+        for frame in animation.frames:
+            yield (
+                cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+                if frame.ndim == 3 and frame.shape[2] == 4
+                else frame
+            )
 
 
 def _pixels_claimed(path: Path) -> int:

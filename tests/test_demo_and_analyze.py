@@ -61,6 +61,26 @@ def test_analyze_prints_one_json_line_per_face(tmp_path):
     assert row["source"] == str(CLIP) and len(row["scores"]) == 7
 
 
+@pytest.mark.parametrize("suffix", [".webp", ".png"])
+def test_analyze_reads_every_frame_of_an_animated_image(tmp_path, suffix):
+    """A clip shared as an animated WebP or PNG (with transparency): every frame is analysed,
+    not the first alone."""
+    import av
+    import cv2
+
+    with av.open(str(CLIP)) as container:
+        clip = [f.to_ndarray(format="bgr24") for f in container.decode(video=0)][::5]
+    animation = cv2.Animation()
+    animation.frames = [cv2.cvtColor(image, cv2.COLOR_BGR2BGRA) for image in clip]
+    animation.durations = [166] * len(clip)
+    path = tmp_path / f"clip{suffix}"
+    assert cv2.imwriteanimation(str(path), animation)
+    result = run_cli("edge", "analyze", path, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    frames = {json.loads(line)["frame"] for line in result.stdout.splitlines()}
+    assert len(clip) == 16 and len(frames) >= 14, frames  # a face in 75 of the 77 frames
+
+
 def test_files_whose_names_are_not_utf_8_are_analyzed_not_a_crash(tmp_path):
     """Linux file names are bytes (a Latin-1 archive, a camera's SD card): OpenCV's binding
     crashed the process (SIGSEGV) on such a name. Output names them with escapes."""
