@@ -17,6 +17,11 @@ from edge.emotions import ModelError
 CASCADE = "haarcascade_frontalface_default.xml"
 ROI_MARGIN = 0.5  # search area around a known face: its box grown by half its size per side
 ROI_SIZE_RANGE = 1.25  # a known face is looked for at 0.8 .. 1.25 times its last size
+# Around a known face Haar sees it at a few scales only (the search is scaled to the face), so
+# it gathers fewer overlapping hits than in a full scan: with ``min_neighbors: 12`` the scan
+# around a face found by a full scan missed it in every other frame. A face already found by a
+# full scan at the configured strictness is followed with at most the default's 5.
+ROI_MIN_NEIGHBORS = 5
 # The cascade's window is 24 px: the image is shrunk until the smallest face sought is that size,
 # so no scale is spent on faces smaller than wanted (24-40 px gave the same faces on the bench
 # stream, 24 the lowest cost).
@@ -64,7 +69,7 @@ class FaceDetector:
         if near is not None:
             return self._detect_near(gray, near)
         limit = min(1.0, self.max_width / gray.shape[1])
-        return self._scan(gray, 0, 0, limit, self.min_size, None)
+        return self._scan(gray, 0, 0, limit, self.min_size, None, self.min_neighbors)
 
     def _detect_near(self, gray: np.ndarray, box: Box) -> list[Box]:
         margin = round(box.w * ROI_MARGIN)
@@ -75,7 +80,8 @@ class FaceDetector:
         largest = round(box.w * ROI_SIZE_RANGE)
         if x1 - x0 < smallest or y1 - y0 < smallest:
             return []
-        return self._scan(gray[y0:y1, x0:x1], x0, y0, 1.0, smallest, largest)
+        neighbors = min(self.min_neighbors, ROI_MIN_NEIGHBORS)
+        return self._scan(gray[y0:y1, x0:x1], x0, y0, 1.0, smallest, largest, neighbors)
 
     def _scan(
         self,
@@ -85,6 +91,7 @@ class FaceDetector:
         limit: float,
         smallest: int,
         largest: int | None,
+        neighbors: int,
     ) -> list[Box]:
         """Haar on ``image`` shrunk so the smallest face sought is ``SMALLEST_SCANNED`` px.
 
@@ -105,7 +112,7 @@ class FaceDetector:
         found = self._cascade.detectMultiScale(
             small,
             scaleFactor=self.scale_factor,
-            minNeighbors=self.min_neighbors,
+            minNeighbors=neighbors,
             minSize=(low, low),
             maxSize=high,
         )
@@ -141,11 +148,17 @@ class FaceScanner:
 
     def find(self, gray: np.ndarray) -> list[Box]:
         self._since_full += 1
-        if not self._last or self._since_full >= self.full_scan_every:
+        found: list[Box] | None = None
+        if self._last and self._since_full < self.full_scan_every:
+            found = dedupe([b for last in self._last for b in self.detector.detect(gray, last)])
+            if len(found) < len(self._last):
+                # A face not found around its last place has moved past it, or Haar missed it
+                # there this once: the whole frame is scanned now, not from the next frame on,
+                # so a face still in view is not reported gone for a frame.
+                found = None
+        if found is None:
             self._since_full = 0
             found = dedupe(self.detector.detect(gray))
-        else:
-            found = dedupe([b for last in self._last for b in self.detector.detect(gray, last)])
         self._last = found
         return found
 

@@ -84,6 +84,8 @@ class ModelConfig(Section):
 
 class DetectorConfig(Section):
     scale_factor: float = Field(1.1, gt=1.0, le=2.0)
+    # Higher: fewer false faces. A face the full scan found is then followed with at most 5
+    # (edge.faces.ROI_MIN_NEIGHBORS): the scan around it sees it at fewer scales.
     min_neighbors: int = Field(5, ge=0, le=50)
     min_size: int = Field(40, ge=8, le=4096, description="smallest face, in frame pixels")
     # Frames wider than this are downscaled before detection: Haar cost grows with area.
