@@ -6,7 +6,6 @@ collector, so those stages know nothing about Prometheus; latencies are observed
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -24,10 +23,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edge.comms import PublisherStats
+from edge.serving import bound
 from edge.video import ReaderStats
 
 PREFIX = "edge_emotion"
-IDLE_TIMEOUT_S = 10
 # Seconds, with millisecond resolution where per-stage costs live (1 ms .. 2.5 s).
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 
@@ -89,17 +88,10 @@ class Metrics:
         self.registry.register(_StatsCollector(readers, publisher))
 
     def serve(self, host: str, port: int) -> int:
-        """Start the HTTP endpoint; returns the bound port (useful with port 0). A connection
-        that sends nothing is closed after IDLE_TIMEOUT_S: each open one holds a thread."""
+        """Start the HTTP endpoint; returns the bound port (useful with port 0). Its
+        connections are bounded in number and time (``edge.serving``)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        accept = server.get_request
-
-        def get_request() -> tuple[socket.socket, object]:
-            connection, address = accept()
-            connection.settimeout(IDLE_TIMEOUT_S)
-            return connection, address
-
-        server.get_request = get_request
+        bound(server)  # looked up per connection: in force from the first scrape
         server.set_app(_metrics_path_only(server.get_app()))
         return server.server_port
 

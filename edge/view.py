@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from edge.pipeline import CameraAnalysis, Shown
+from edge.serving import bound
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class ViewServer:
         self.cameras = {camera.name: camera for camera in cameras}
         handler = type("Handler", (_Handler,), {"view": self})
         self._server = _Server((host, port), handler)  # raises OSError (port used)
+        bound(self._server)
         self.loopback_only = _is_loopback(host)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -118,14 +120,9 @@ class _Server(ThreadingHTTPServer):
         log.warning("view: a request from %s failed: %r", client_address[0], error)
 
 
-# A connection that sends nothing is closed after this long: each open one holds a thread.
-IDLE_TIMEOUT_S = 10
-
-
 class _Handler(BaseHTTPRequestHandler):
     view: ViewServer
     server_version = "edge-emotion-view"
-    timeout = IDLE_TIMEOUT_S
 
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)

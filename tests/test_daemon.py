@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -719,6 +720,57 @@ def test_idle_connections_to_the_metrics_and_view_ports_are_closed(daemons):
         assert connection.recv(1) == b""  # closed by the daemon, not by our timeout
         connection.close()
     assert daemon.stop() == 0, daemon.log()
+
+
+def test_slow_clients_cannot_take_the_daemons_file_descriptors(daemons):
+    """Clients that send a byte every few seconds and never finish a request ("slowloris"):
+    each held a thread and a descriptor for ever, 1,024 of them took every descriptor of the
+    process, and a camera that dropped could not reconnect. The servers take a bounded number
+    of connections and cut each one after a deadline, whatever it sends."""
+    view_port = free_port()
+    daemon = daemons(
+        {
+            "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+            "view": {"enabled": True, "port": view_port},
+        }
+    )
+    daemon.wait_metric('edge_emotion_frames_read_total{camera="clip"}', lambda v: v > 0, 30)
+    descriptors = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+    slow = []
+    for port in (daemon.metrics_port, view_port):
+        for _ in range(150):
+            connection = socket.create_connection(("127.0.0.1", port))
+            connection.sendall(b"GET / HTTP/1.1\r\nX-a: ")
+            slow.append(connection)
+    opened = time.monotonic()
+    held = 0
+    try:
+        while time.monotonic() - opened < 25:  # past the servers' 15 s deadline
+            held = max(held, len(os.listdir(f"/proc/{daemon.proc.pid}/fd")))
+            for connection in slow:
+                with contextlib.suppress(OSError):
+                    connection.send(b"a")
+            time.sleep(1)
+        assert held <= descriptors + 2 * 64 + 10, (descriptors, held)
+        assert all(_closed_by_peer(connection) for connection in slow)
+        assert scrape(daemon.metrics_port)  # serving again
+    finally:
+        for connection in slow:
+            connection.close()
+    assert daemon.stop() == 0, daemon.log()
+
+
+def _closed_by_peer(connection: socket.socket) -> bool:
+    """Closed by the daemon (end of stream or reset), not still held open."""
+    connection.settimeout(5)
+    try:
+        while connection.recv(4096):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
 
 
 def test_the_daemon_runtime_never_imports_tensorflow():
