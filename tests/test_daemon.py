@@ -377,6 +377,42 @@ def test_a_flapping_camera_is_one_warning_and_its_recovery_is_logged(daemons):
         server.stop()
 
 
+def test_an_outage_long_enough_to_wrap_message_ids_still_ends_online(tmp_path):
+    """paho numbers every message 1..65535 in turn (camera states too) and refused a number
+    still held by a queued event as if the queue were full: after a long outage the status
+    "online" was never sent (the last will's "offline" stayed retained), nor discovery."""
+    from types import SimpleNamespace
+
+    from edge.comms.mqtt import MqttPublisher
+    from edge.config import MqttConfig
+
+    broker = Broker(tmp_path)
+    config = MqttConfig(
+        host="127.0.0.1", port=broker.port, queue_size=60000, spool=False, reconnect_max_s=1
+    )
+    publisher = MqttPublisher(config, "wrap", ["cam"])
+    publisher.start()
+    try:
+        for n in range(60000):  # the broker is away: every event waits, holding its number
+            event = json.dumps({"n": n}).encode()
+            publisher.publish(SimpleNamespace(camera="cam", payload=lambda e=event: e))
+        for n in range(6000):  # the numbers go round past the first queued event
+            state = json.dumps({"state": n}).encode()
+            publisher.publish_state(SimpleNamespace(camera="cam", payload=lambda s=state: s))
+        assert publisher.stats.dropped == 0
+        broker.start()
+        deadline = time.monotonic() + 60
+        while publisher.stats.published < 60000 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert publisher.stats.published == 60000
+        status = Subscriber(broker.port, "edge-emotion/wrap/status", client_id="status-reader")
+        status.wait_for(lambda ms: [m.payload for m in ms] == [b"online"], timeout=10)
+        status.close()
+    finally:
+        publisher.close(1)
+        broker.stop()
+
+
 def test_camera_recovers_after_stream_returns_and_others_keep_flowing(daemons):
     flaky = RtspServer(CLIP).start()
     steady = RtspServer(CLIP).start()

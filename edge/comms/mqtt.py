@@ -43,6 +43,7 @@ ANNOUNCE_MIN_INTERVAL_S = 5.0
 # instance, discovery configs: a few per camera per connect), which must never be refused
 # because events filled the queue during an outage.
 CONTROL_RESERVE = 1000
+MESSAGE_IDS = 65535  # MQTT's packet identifiers, 1..65535
 
 
 class MqttPublisher:
@@ -143,7 +144,7 @@ class MqttPublisher:
     def _hand_over(self, topic: str, payload: bytes) -> int | None:
         # Never call paho while holding our lock: paho holds its own locks while it runs
         # on_publish, which takes ours; the opposite order would deadlock.
-        info = self.client.publish(topic, payload, qos=self.config.qos)
+        info = publish(self.client, topic, payload, self.config.qos)
         with self._lock:
             if self.config.qos == 0:  # never queued by paho: sent now or lost
                 if info.rc == mqtt.MQTT_ERR_SUCCESS:
@@ -217,11 +218,21 @@ class MqttPublisher:
     def _send_state(self, client: mqtt.Client, state: CameraState) -> None:
         client.publish(state_topic(self.base, state.camera), state.payload(), qos=0, retain=True)
 
+    def _control(
+        self, client: mqtt.Client, topic: str, payload: bytes | str
+    ) -> mqtt.MQTTMessageInfo:
+        """A retained QoS 1 message that is not an event (status, instance, discovery); one
+        refused (its reserve full: not expected) is said, not ignored."""
+        info = publish(client, topic, payload, qos=1, retain=True)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("MQTT could not queue %s: %s", topic, mqtt.error_string(info.rc))
+        return info
+
     def announce(self) -> None:
         """Home Assistant discovery configs, retained; idempotent, so re-announcing is safe."""
         ha = self.config.homeassistant
         for topic, payload in discovery_messages(ha, self.base, self.device_id, self.cameras):
-            self.client.publish(topic, payload, qos=1, retain=True)
+            self._control(self.client, topic, payload)
 
     def close(self, timeout: float) -> None:
         # From here, a failed connect or a drop is the shutdown's business: no "retrying" or
@@ -239,7 +250,7 @@ class MqttPublisher:
             self._backlog.clear()
         self._keep(undelivered)
         if self.stats.connected:
-            info = self.client.publish(self.status_topic, "offline", qos=1, retain=True)
+            info = self._control(self.client, self.status_topic, "offline")
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
         with self._lock:
@@ -269,8 +280,8 @@ class MqttPublisher:
         # Subscribe before publishing our own: the broker then hands us the instance that
         # connected last under this device id, retained, before ours replaces it.
         client.subscribe(self.instance_topic, qos=1)
-        client.publish(self.instance_topic, self.instance, qos=1, retain=True)
-        client.publish(self.status_topic, "online", qos=1, retain=True)
+        self._control(client, self.instance_topic, self.instance)
+        self._control(client, self.status_topic, "online")
         with self._lock:
             states = list(self._states.values())
         for state in states:
@@ -306,7 +317,7 @@ class MqttPublisher:
         camera = camera_of(topic, self.base, self.config.homeassistant, self.device_id)
         if camera is None or camera in self.cameras:
             return
-        client.publish(topic, b"", qos=1, retain=True)
+        self._control(client, topic, b"")
         if camera not in self._cleared:
             self._cleared.add(camera)
             log.info(
@@ -462,6 +473,29 @@ class MqttPublisher:
                 return
         if backlog:
             self._feed_backlog()  # outside our lock, as every call into paho
+
+
+def publish(
+    client: mqtt.Client, topic: str, payload: bytes | str, qos: int, retain: bool = False
+) -> mqtt.MQTTMessageInfo:
+    """``client.publish``, past paho's message-id clash. paho numbers every message 1..65535 in
+    turn (QoS 0 states too) and refuses a number still held by a queued message as if its
+    queue were full: after an outage long enough to go round, the status "online", discovery
+    configs and events were refused while the queue had room (the retained status stayed
+    "offline"). The next number is tried then, as many as there are."""
+    info = client.publish(topic, payload, qos=qos, retain=retain)
+    for _ in range(MESSAGE_IDS):
+        if info.rc != mqtt.MQTT_ERR_QUEUE_SIZE or not _id_clash(client, info.mid):
+            break
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+    return info
+
+
+def _id_clash(client: mqtt.Client, mid: int) -> bool:
+    """Whether paho refused ``mid`` because a queued message holds it (its queue has room)."""
+    queued = getattr(client, "_out_messages", None)  # paho 2.x; without it, assume a clash
+    limit = getattr(client, "_max_queued_messages", 0)
+    return queued is None or not limit or len(queued) < limit
 
 
 def _boot_id() -> str:
