@@ -267,3 +267,39 @@ def test_a_client_certificate_with_an_encrypted_key_gets_in(tmp_path, monkeypatc
     finally:
         broker.stop()
     assert all("k3y-pass" not in text for text in (checked.stdout, checked.stderr, daemon.log()))
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_events_the_brokers_acl_refuses_are_counted_and_named_not_delivered(tmp_path, protocol):
+    """A broker whose ACL lets the daemon's user publish its status but not its events: under
+    MQTT 3.1.1 mosquitto acknowledges a refused message and drops it, so every event was
+    counted as delivered and nothing was said. MQTT 5 (the default) is told of the refusal."""
+    passwords, acl = tmp_path / "passwords", tmp_path / "acl"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", passwords, "edge", "s3cret-pw"], check=True)
+    acl.write_text("user edge\ntopic readwrite edge-emotion/porch/status\n")
+    # mosquitto 2.0.11 with persistence and an unlimited queue (max_queued_messages 0) drops
+    # the connection of a client whose QoS 1 message it denied: a limit, as most brokers have.
+    extra = f"password_file {passwords}\nacl_file {acl}\nmax_queued_messages 100000\n"
+    broker = Broker(tmp_path, extra=extra, anonymous=False).start()
+    mqtt = {"host": "127.0.0.1", "port": broker.port, "username": "edge", "password": "s3cret-pw"}
+    config = {
+        "device_id": "porch",
+        "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+        "mqtt": {**mqtt, "protocol": protocol},
+        "tracking": {"heartbeat_s": 0.2},
+    }
+    daemon = DaemonProcess(tmp_path, config)
+    try:
+        if protocol == "3.1.1":  # what the broker says nothing about, the daemon cannot know
+            daemon.wait_metric("edge_emotion_events_published_total", lambda v: v >= 3, 30)
+            assert "refused" not in daemon.log()
+        else:
+            daemon.wait_metric("edge_emotion_events_dropped_total", lambda v: v >= 3, 30)
+            assert daemon.metrics()["edge_emotion_events_published_total"] == 0
+            log = daemon.wait_log(lambda text: "refused the message" in text, 10)
+            assert log.count("refused the message on edge-emotion/porch/clip/event") == 1, log
+            assert "Not authorized" in log and "s3cret-pw" not in log
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+        broker.stop()

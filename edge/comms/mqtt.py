@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.comms import PublisherStats
 from edge.comms.homeassistant import camera_of, discovery_messages, sensor_topics, state_topic
@@ -44,6 +46,7 @@ ANNOUNCE_MIN_INTERVAL_S = 5.0
 # because events filled the queue during an outage.
 CONTROL_RESERVE = 1000
 MESSAGE_IDS = 65535  # MQTT's packet identifiers, 1..65535
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5's session expiry interval meaning "never"
 
 
 class MqttPublisher:
@@ -71,7 +74,10 @@ class MqttPublisher:
         # The spool's events not yet handed to paho: a spool may hold more than the queue
         # (queue_size lowered since, events of several runs), and none of them may be lost.
         self._backlog: deque[tuple[str, bytes]] = deque()
-        self._acked_early: dict[int, float] = {}
+        # Acknowledgements that came before publish() returned: id -> (when, refusal or None)
+        self._acked_early: dict[int, tuple[float, str | None]] = {}
+        self._controls: dict[int, str] = {}  # status/instance/discovery ids in flight -> topic
+        self._refusal_warned: set[str] = set()
         self._lock = threading.Lock()
         self._closing = False  # our own disconnect at shutdown is not an outage to warn about
         self._connect_warned = False  # one warning per outage for failed connection attempts
@@ -87,12 +93,19 @@ class MqttPublisher:
         self.client = self._client(config, device_id)
 
     def _client(self, config: MqttConfig, device_id: str) -> mqtt.Client:
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            clean_session=False,  # the broker keeps our session (in-flight QoS 1) across drops
-            protocol=mqtt.MQTTv311,
-        )
+        # The broker keeps our session (in-flight QoS 1) across drops: clean_session=False in
+        # 3.1.1; in 5, clean_start=False at each connect and a session that does not expire.
+        if config.protocol == "5":
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
+            )
+        else:
+            client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                clean_session=False,
+                protocol=mqtt.MQTTv311,
+            )
         # paho's own limit has room above the events' for what must always get through after
         # an outage that filled the queue: status "online", instance, discovery configs.
         client.max_queued_messages_set(config.queue_size + CONTROL_RESERVE)
@@ -116,7 +129,18 @@ class MqttPublisher:
             self._feed_backlog()
             if not self._spooled:
                 self.spool.save([])
-        self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
+        if self.config.protocol == "5":
+            session = Properties(PacketTypes.CONNECT)
+            session.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+            self.client.connect_async(
+                self.config.host,
+                self.config.port,
+                self.config.keepalive_s,
+                clean_start=False,
+                properties=session,
+            )
+        else:
+            self.client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
         self.client.loop_start()
 
     def publish(self, event: Event) -> None:
@@ -155,9 +179,15 @@ class MqttPublisher:
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # the reserve itself is full: not expected
                 self._drop_event()
                 return None
-            if self._acked_early.pop(info.mid, None) is not None:
-                self.stats.published += 1  # the broker answered before we got here
+            early = self._acked_early.pop(info.mid, None)
+            if early is not None:  # the broker answered before we got here
+                _, refusal = early
+                if refusal is None:
+                    self.stats.published += 1
+                else:
+                    self._refused(topic, refusal, event=True)
                 return None
+            self._controls.pop(info.mid, None)  # paho reuses an id only once it is done
             self._pending[info.mid] = (topic, payload)
             self.stats.queued = len(self._pending)
             return info.mid
@@ -226,6 +256,13 @@ class MqttPublisher:
         info = publish(client, topic, payload, qos=1, retain=True)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("MQTT could not queue %s: %s", topic, mqtt.error_string(info.rc))
+        else:
+            with self._lock:
+                early = self._acked_early.pop(info.mid, None)
+                if early is not None and early[1] is not None:
+                    self._refused(topic, early[1], event=False)
+                elif early is None:
+                    self._controls[info.mid] = topic
         return info
 
     def announce(self) -> None:
@@ -265,11 +302,13 @@ class MqttPublisher:
         if getattr(reason, "is_failure", False):
             # Every retry, at most one per reconnect_max_s: a refusal needs the operator (wrong
             # credentials, ACL), and the journal should show that it still happens.
+            old_broker = self.config.protocol == "5" and "protocol version" in str(reason).lower()
             log.error(
-                "MQTT broker %s:%d refused the connection: %s; %s, retrying with backoff",
+                "MQTT broker %s:%d refused the connection: %s%s; %s, retrying with backoff",
                 self.config.host,
                 self.config.port,
                 reason,
+                " (a broker without MQTT 5: set mqtt.protocol: 3.1.1)" if old_broker else "",
                 self._meanwhile(),
             )
             # paho then reports the same refusal as a disconnect: not another problem to name.
@@ -431,7 +470,9 @@ class MqttPublisher:
         if self._closing:
             log.info("MQTT disconnected")
         elif self.stats.connected:
-            log.warning("MQTT disconnected (%s); %s", reason, self._meanwhile())
+            # paho's "Unspecified error" is a connection that ended without the broker's word.
+            why = "connection lost" if str(reason) == "Unspecified error" else reason
+            log.warning("MQTT disconnected (%s); %s", why, self._meanwhile())
         elif not self._connect_warned:
             # The TCP connection worked and closed before the broker accepted the session:
             # neither a failed connect nor a lost one, and paho says nothing about it.
@@ -452,27 +493,58 @@ class MqttPublisher:
     def _on_publish(
         self, client: mqtt.Client, userdata: object, mid: int, reason: object, props: object
     ) -> None:
+        # MQTT 5 only: the broker took the message and did not pass it on (its ACL, a quota).
+        refusal = str(reason) if getattr(reason, "is_failure", False) else None
         with self._drained:
+            control = self._controls.pop(mid, None)
+            if control is not None:
+                if refusal is not None:
+                    self._refused(control, refusal, event=False)
+                return
             if mid in self._pending:
-                del self._pending[mid]
+                topic, _ = self._pending.pop(mid)
                 if mid in self._spooled:
                     self._spooled.discard(mid)
                     if not self._spooled and not self._backlog and self.spool is not None:
                         self.spool.save([])  # every event of the last run is delivered
-                self.stats.published += 1
+                if refusal is None:
+                    self.stats.published += 1
+                    self._refusal_warned.discard(topic)
+                else:
+                    self._refused(topic, refusal, event=True)
                 self.stats.queued = len(self._pending)
                 self._drained.notify_all()
                 backlog = bool(self._backlog)
             else:
-                # Not registered (yet): a status message, or an event whose publish() has not
-                # returned. Remember it briefly; forget old ones so a reused id is not mistaken.
+                # Not registered (yet): an event whose publish() has not returned. Remember it
+                # briefly; forget old ones so a reused id is not mistaken.
                 now = time.monotonic()
-                self._acked_early[mid] = now
-                for old in [m for m, t in self._acked_early.items() if now - t > EARLY_ACK_TTL_S]:
+                self._acked_early[mid] = (now, refusal)
+                for old in [
+                    m for m, (t, _) in self._acked_early.items() if now - t > EARLY_ACK_TTL_S
+                ]:
                     del self._acked_early[old]
                 return
         if backlog:
             self._feed_backlog()  # outside our lock, as every call into paho
+
+    def _refused(self, topic: str, reason: str, event: bool) -> None:
+        """The broker refused a message (called with our lock held): an event is counted as
+        dropped, never as delivered; said once per topic until one gets through again."""
+        if event:
+            self.stats.dropped += 1
+        if topic in self._refusal_warned:
+            return
+        self._refusal_warned.add(topic)
+        log.error(
+            "MQTT broker %s:%d refused the message on %s: %s (the broker's ACL must let user "
+            "%r publish there); refused events are dropped, counted in events_dropped_total",
+            self.config.host,
+            self.config.port,
+            topic,
+            reason,
+            self.config.username,
+        )
 
 
 def publish(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     Field,
     FilePath,
     SecretStr,
+    field_validator,
     model_validator,
 )
 
@@ -101,6 +102,9 @@ class MqttConfig(Section):
     password: SecretStr | None = None
     tls: TlsConfig | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
+    # MQTT 5 tells the client when the broker refuses a message (its ACL): 3.1.1 acknowledges
+    # it and drops it, so refused events were counted as delivered. "3.1.1" for old brokers.
+    protocol: Literal["5", "3.1.1"] = "5"
     # Events kept in memory while the broker is away; when full, new events are refused (counted).
     queue_size: int = Field(10000, ge=1, le=60000)  # MQTT message ids wrap at 65535
     reconnect_max_s: float = Field(30.0, ge=1, le=600)
@@ -111,3 +115,11 @@ class MqttConfig(Section):
     spool: bool = True
     spool_file: Path | None = None
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_as_text(cls, value: Any) -> Any:
+        # YAML reads `protocol: 5` as a number and `5.0` as a float.
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == 5:
+            return "5"
+        return value
