@@ -107,11 +107,19 @@ class FFmpegSource:
         if camera.kind == "stream":
             options = {**STREAM_OPTIONS, "rtsp_transport": camera.rtsp_transport}
         timeout = (camera.open_timeout_s, camera.read_timeout_s)
+        started = time.monotonic()
         try:
             self._container = av.open(str(camera.source), options=options, timeout=timeout)
         except (av.FFmpegError, OSError, ValueError) as error:
-            hint = _transport_hint(camera, error)
-            raise OSError(f"cannot open {camera.masked_source()}: {_reason(error)}{hint}") from None
+            # The open timeout ends the open with whatever FFmpeg was reading ("Invalid data
+            # found when processing input" for a camera that never answered): said as it is.
+            timed_out = time.monotonic() - started >= camera.open_timeout_s
+            reason = (
+                f"no answer within open_timeout_s ({camera.open_timeout_s:g} s)"
+                if timed_out
+                else _reason(error) + _transport_hint(camera, error)
+            )
+            raise OSError(f"cannot open {camera.masked_source()}: {reason}") from None
         if not self._container.streams.video:
             self.close()
             raise OSError(f"cannot open {camera.masked_source()}: it has no video stream")
@@ -324,6 +332,8 @@ class CameraReader:
                 try:
                     source = self._opener(self.camera)
                 except OSError as error:
+                    if self._stop.is_set():
+                        return  # an open cut short by the stop (or a reload): not an outage
                     if self._unreadable_file(str(error)):
                         return
                     self._down(f"{error}; retrying in {backoff:.1f} s")

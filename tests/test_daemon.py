@@ -515,6 +515,22 @@ def test_cameras_that_hang_never_delay_a_live_camera_start_or_recovery(daemons):
     assert "Traceback" not in daemon.log()
 
 
+def test_a_camera_that_never_answers_is_named_as_such(daemons):
+    """It was "Invalid data found when processing input", what FFmpeg was reading when the
+    open timeout cut it: the operator looked for a codec problem, not a dead camera."""
+    hanging = BrokenCamera()
+    try:
+        daemon = daemons(
+            {"cameras": [{"name": "hang", "source": hanging.url(), "open_timeout_s": 1}]}
+        )
+        log = daemon.wait_log(lambda text: "camera hang: cannot open" in text, timeout=20)
+        assert "no answer within open_timeout_s (1 s)" in log, log
+        assert "Invalid data" not in log
+        assert daemon.stop() == 0
+    finally:
+        hanging.close()
+
+
 def test_when_the_cpu_is_short_every_camera_is_analysed_alike(daemons):
     """Six cameras asking for more than one worker can analyse: none starves, the shortfall
     is shared and counted as dropped frames per camera."""
