@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -118,14 +119,16 @@ def serve(config: EdgeConfig, reread: Callable[[], EdgeConfig] | None = None) ->
     code = daemon.run()
     if daemon.reload_requested:
         reload_in_place()
-    if daemon.readers_alive():
-        # A reader blocked inside OpenCV/FFmpeg (up to its read timeout) would be torn down by
-        # interpreter finalisation, which aborts the process ("exception not rethrown"). All
-        # events are flushed by now, so leave without finalising.
-        logging.shutdown()
-        sys.stdout.flush()
-        os._exit(code)
-    return code
+    # Threads may still be inside native code: a reader blocked in OpenCV/FFmpeg (up to its
+    # read timeout), a live-view request in cv2.imencode, OpenCV's own pool. Interpreter
+    # finalisation tears them down and can abort the process ("terminate called without an
+    # active exception", exit -6, seen under HTTP load). Every event is flushed or spooled by
+    # now, so leave without finalising.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader of the events that has left
+            stream.flush()
+    os._exit(code)
 
 
 def reload_in_place() -> None:

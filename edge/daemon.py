@@ -183,9 +183,6 @@ class Daemon:
             stats.dropped,
         )
 
-    def readers_alive(self) -> bool:
-        return any(reader.alive for reader in self.readers)
-
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop cleanly; SIGHUP (sent by many supervisors, and by
         ``systemctl kill -s HUP``) stops just as cleanly, then the process starts again with its
