@@ -477,12 +477,17 @@ class MqttPublisher:
             # The TCP connection worked and closed before the broker accepted the session:
             # neither a failed connect nor a lost one, and paho says nothing about it.
             self._connect_warned = True
+            what = (
+                f"did not answer the connect request within keepalive_s "
+                f"({self.config.keepalive_s} s)"
+                if "keep alive" in str(reason).lower()  # paho's own wait ran out, not the broker
+                else f"closed the connection before accepting a session ({reason})"
+            )
             log.warning(
-                "MQTT %s:%d closed the connection before accepting a session (%s): is it an "
-                "MQTT port%s? %s, retrying with backoff",
+                "MQTT %s:%d %s: is it an MQTT port%s? %s, retrying with backoff",
                 self.config.host,
                 self.config.port,
-                reason,
+                what,
                 "" if self._tls else ", and not one that needs TLS (mqtt.tls)",
                 self._meanwhile(),
             )
