@@ -303,3 +303,29 @@ def test_events_the_brokers_acl_refuses_are_counted_and_named_not_delivered(tmp_
     finally:
         daemon.kill()
         broker.stop()
+
+
+def test_a_message_over_the_brokers_size_limit_is_refused_and_the_rest_flows(tmp_path):
+    """mosquitto refuses a message over its message_size_limit with a reason MQTT 5 does not
+    allow on a PUBACK (0x95): paho dropped the connection as a protocol error, resent the
+    message first at each reconnect, and no event got through again. Here the Home Assistant
+    discovery configs (500+ bytes) are over the limit and the events (~370 bytes) under it."""
+    broker = Broker(tmp_path, extra="message_size_limit 450\nmax_queued_messages 1000\n").start()
+    config = {
+        "device_id": "porch",
+        "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+        "mqtt": {"host": "127.0.0.1", "port": broker.port, "homeassistant": {"enabled": True}},
+        "tracking": {"heartbeat_s": 0.2},
+    }
+    events = Subscriber(broker.port, "edge-emotion/porch/+/event")
+    daemon = DaemonProcess(tmp_path, config)
+    try:
+        events.wait_for(lambda ms: len(ms) >= 5, timeout=30)
+        log = daemon.log()
+        assert "refused the message on homeassistant/" in log and "Packet too large" in log, log
+        assert "MQTT disconnected" not in log, log
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+        events.close()
+        broker.stop()

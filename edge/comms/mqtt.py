@@ -541,14 +541,24 @@ class MqttPublisher:
         if topic in self._refusal_warned:
             return
         self._refusal_warned.add(topic)
+        if reason == "Not authorized":
+            user = f"user {self.config.username!r}" if self.config.username else "this client"
+            why = f"the broker's ACL must let {user} publish there"
+        else:
+            why = "a broker limit: message_size_limit, quotas"
+        consequence = (
+            "refused events are dropped, counted in events_dropped_total"
+            if event
+            else "sent again at the next connect"
+        )
         log.error(
-            "MQTT broker %s:%d refused the message on %s: %s (the broker's ACL must let user "
-            "%r publish there); refused events are dropped, counted in events_dropped_total",
+            "MQTT broker %s:%d refused the message on %s: %s (%s); %s",
             self.config.host,
             self.config.port,
             topic,
             reason,
-            self.config.username,
+            why,
+            consequence,
         )
 
 
@@ -573,6 +583,24 @@ def _id_clash(client: mqtt.Client, mid: int) -> bool:
     queued = getattr(client, "_out_messages", None)  # paho 2.x; without it, assume a clash
     limit = getattr(client, "_max_queued_messages", 0)
     return queued is None or not limit or len(queued) < limit
+
+
+def accept_any_refusal_on_puback() -> None:
+    """Let paho read every failure reason a broker puts on a PUBACK. mosquitto answers a message
+    over its ``message_size_limit`` with 0x95 "Packet too large", which MQTT 5 allows only on
+    CONNACK and DISCONNECT; paho took the PUBACK for a malformed packet and dropped the
+    connection, and as the refused message is resent first at each reconnect, no event got
+    through again (under 3.1.1 the broker drops it without a word). Read as a refusal, the
+    message is counted and named like any other, and the rest flows."""
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    for code, names in ReasonCode.names.items():
+        if code >= 0x80 and not any(PacketTypes.PUBACK in kinds for kinds in names.values()):
+            for kinds in names.values():
+                kinds.append(PacketTypes.PUBACK)
+
+
+accept_any_refusal_on_puback()
 
 
 def _boot_id() -> str:
