@@ -109,9 +109,9 @@ class Daemon:
             )
         # Said once both are bound: a start-up failure stays the one line that names it.
         if self.metrics_port is not None:
-            log.info("metrics on http://%s:%d/metrics", metrics.host, self.metrics_port)
+            log.info("metrics on http://%s/metrics", _authority(metrics.host, self.metrics_port))
         if self.view is not None:
-            log.info("live view on http://%s:%d/", view.host, self.view.port)
+            log.info("live view on http://%s/", _authority(view.host, self.view.port))
         self.publisher.start()
         self.pool.start()
         for reader in self.readers:
@@ -231,6 +231,11 @@ def _bind_and_close(host: str, port: int) -> None:
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as http.server does
         probe.bind(address)
+
+
+def _authority(host: str, port: int) -> str:
+    """``host:port`` as a URL writes it: an IPv6 address in brackets (``[::1]:9108``)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def make_publisher(config: EdgeConfig) -> Publisher:

@@ -91,7 +91,7 @@ class Metrics:
         """Start the HTTP endpoint; returns the bound port (useful with port 0). Its
         connections are bounded in number and time (``edge.serving``)."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        bound(server)  # looked up per connection: in force from the first scrape
+        bound(server, "metrics")  # looked up per connection: in force from the first scrape
         server.set_app(_metrics_path_only(server.get_app()))
         return server.server_port
 
@@ -106,8 +106,12 @@ def _metrics_path_only(app: WsgiApp) -> WsgiApp:
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"404 not found: the metrics are at /metrics\n"]
         if environ.get("REQUEST_METHOD") == "HEAD":
-            for _ in app({**environ, "REQUEST_METHOD": "GET"}, start_response):
-                pass
+            # GET's headers with GET's length (HEAD must not say 0 where GET sends 19 KB).
+            answer: list = []
+            body = b"".join(app({**environ, "REQUEST_METHOD": "GET"}, lambda *a: answer.extend(a)))
+            status, headers = answer[0], list(answer[1])
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            start_response(status, [*headers, ("Content-Length", str(len(body)))])
             return []
         return app(environ, start_response)
 

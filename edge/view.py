@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import sys
+import socket
 import threading
 from collections.abc import Sequence
 from http import HTTPStatus
@@ -71,7 +71,7 @@ class ViewServer:
         self.cameras = {camera.name: camera for camera in cameras}
         handler = type("Handler", (_Handler,), {"view": self})
         self._server = _Server((host, port), handler)  # raises OSError (port used)
-        bound(self._server)
+        bound(self._server, "view")
         self.loopback_only = _is_loopback(host)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
@@ -111,18 +111,23 @@ def _host_name(header: str) -> str:
 
 
 class _Server(ThreadingHTTPServer):
-    def handle_error(self, request: object, client_address: tuple) -> None:
-        """A browser that replaces a snapshot it no longer wants resets the connection: not
-        an error of ours, and socketserver would print a 20-line traceback for it."""
-        error = sys.exc_info()[1]
-        if isinstance(error, ConnectionError | TimeoutError):
-            return
-        log.warning("view: a request from %s failed: %r", client_address[0], error)
+    """IPv4 or IPv6, as the host says (the standard one is IPv4 only: ``::1`` failed)."""
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        family = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)[0][0]
+        self.address_family = family
+        super().__init__(address, handler)
 
 
 class _Handler(BaseHTTPRequestHandler):
     view: ViewServer
     server_version = "edge-emotion-view"
+    sys_version = ""  # no Python version in the Server header
+    _head = False  # the request is a HEAD: headers as for GET, no body
+
+    def do_HEAD(self) -> None:
+        self._head = True
+        self.do_GET()
 
     def do_GET(self) -> None:
         path = unquote(urlsplit(self.path).path)
@@ -155,7 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        if not self._head:
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
         log.debug("view: " + format, *args)

@@ -133,6 +133,26 @@ def test_the_page_renders_tiles_boxes_and_labels_in_a_real_browser(viewed, tmp_p
     assert daemon.stop() == 0
 
 
+def test_the_view_serves_on_ipv6_and_answers_head(daemons):  # noqa: F811
+    """``view: {host: "::1"}`` stopped start-up ("Address family for hostname not
+    supported"), and HEAD (uptime checks) got 501."""
+    port = free_port()
+    daemon = daemons(
+        {
+            "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+            "view": {"enabled": True, "host": "::1", "port": port},
+        }
+    )
+    log = daemon.wait_log(lambda text: "live view on" in text, timeout=30)
+    assert f"live view on http://[::1]:{port}/" in log, log
+    request = urllib.request.Request(f"http://[::1]:{port}/api/cameras", method="HEAD")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200 and response.read() == b""
+        assert int(response.headers["Content-Length"]) > 0
+        assert "Python" not in response.headers["Server"]
+    assert daemon.stop() == 0
+
+
 def test_the_view_is_off_by_default_and_nothing_listens(daemons):  # noqa: F811
     daemon = daemons({"cameras": [{"name": "clip", "source": str(CLIP), "loop": True}]})
     daemon.wait_metric('edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 3, 30)
