@@ -413,6 +413,41 @@ def test_an_outage_long_enough_to_wrap_message_ids_still_ends_online(tmp_path):
         broker.stop()
 
 
+def test_camera_states_never_pile_up_and_the_latest_is_retained(broker):
+    """A camera whose face count flickers publishes a state per change: at most one is in
+    flight per camera and a newer one replaces those waiting, so the broker ends with the
+    latest retained, and states take no message id from the event queue's accounting."""
+    from types import SimpleNamespace
+
+    from edge.comms.mqtt import MqttPublisher
+    from edge.config import MqttConfig
+
+    publisher = MqttPublisher(
+        MqttConfig(host="127.0.0.1", port=broker.port, spool=False), "flicker", ["cam"]
+    )
+    publisher.start()
+    states = Subscriber(broker.port, "edge-emotion/flicker/cam/state", client_id="states")
+    states.wait_subscribed()
+    try:
+        deadline = time.monotonic() + 10
+        while not publisher.stats.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for n in range(2000):
+            state = json.dumps({"state": n}).encode()
+            publisher.publish_state(SimpleNamespace(camera="cam", payload=lambda s=state: s))
+        last = states.wait_for(
+            lambda ms: ms and json.loads(ms[-1].payload) == {"state": 1999}, timeout=10
+        )
+        assert len(last) < 2000  # coalesced, not 2000 messages queued
+        assert publisher.stats.published == 0 and publisher.stats.queued == 0
+    finally:
+        states.close()
+        publisher.close(1)
+    retained = Subscriber(broker.port, "edge-emotion/flicker/cam/state", client_id="late")
+    retained.wait_for(lambda ms: ms and json.loads(ms[-1].payload) == {"state": 1999}, 10)
+    retained.close()
+
+
 def test_camera_recovers_after_stream_returns_and_others_keep_flowing(daemons):
     flaky = RtspServer(CLIP).start()
     steady = RtspServer(CLIP).start()

@@ -82,6 +82,8 @@ class MqttPublisher:
         self._closing = False  # our own disconnect at shutdown is not an outage to warn about
         self._connect_warned = False  # one warning per outage for failed connection attempts
         self._states: dict[str, CameraState] = {}  # latest per camera, republished on connect
+        self._state_in_flight: dict[int, str] = {}  # message id -> camera
+        self._state_waiting: set[str] = set()  # cameras with a newer state than the one sent
         self._cleared: set[str] = set()  # removed cameras whose retained topics were cleared
         self._last_announce = float("-inf")  # monotonic time of the last discovery announcement
         self._announce_timer: threading.Timer | None = None
@@ -239,14 +241,32 @@ class MqttPublisher:
             )
 
     def publish_state(self, state: CameraState) -> None:
-        """QoS 0 and outside the event queue, so states never push events out of it; the latest
-        state of each camera is published again at every connect, so an outage loses none."""
+        """Retained, QoS 1, outside the event queue and at most one in flight per camera: a
+        newer state waits for the one in flight and replaces any other waiting, so states
+        never push events out of the queue nor pile up; while the broker is away they are only
+        kept, and every camera's latest is published at each connect, so an outage loses none.
+        (QoS 0 states took message ids without any check, and after the ids went round, the
+        send of one counted a queued event with the same id as delivered.)"""
         with self._lock:
             self._states[state.camera] = state
-        self._send_state(self.client, state)
+            if not self.stats.connected or state.camera in self._state_in_flight.values():
+                self._state_waiting.add(state.camera)
+                return
+        self._send_state(self.client, state.camera)
 
-    def _send_state(self, client: mqtt.Client, state: CameraState) -> None:
-        client.publish(state_topic(self.base, state.camera), state.payload(), qos=0, retain=True)
+    def _send_state(self, client: mqtt.Client, camera: str) -> None:
+        with self._lock:
+            state = self._states[camera]
+            self._state_waiting.discard(camera)
+        topic = state_topic(self.base, camera)
+        info = publish(client, topic, state.payload(), qos=1, retain=True)
+        with self._lock:
+            early = self._acked_early.pop(info.mid, None)
+            if early is not None:  # acknowledged before publish() returned
+                if early[1] is not None:
+                    self._refused(topic, early[1], event=False)
+            elif info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+                self._state_in_flight[info.mid] = camera
 
     def _control(
         self, client: mqtt.Client, topic: str, payload: bytes | str
@@ -277,7 +297,11 @@ class MqttPublisher:
         self._closing = True
         deadline = time.monotonic() + timeout
         with self._drained:
-            while self._pending and self.stats.connected and time.monotonic() < deadline:
+            while (
+                (self._pending or self._state_in_flight)
+                and self.stats.connected
+                and time.monotonic() < deadline
+            ):
                 self._drained.wait(deadline - time.monotonic())
             # Oldest first: the last run's events (handed over, then held back), then this run's.
             undelivered = [event for mid, event in self._pending.items() if mid in self._spooled]
@@ -322,9 +346,12 @@ class MqttPublisher:
         self._control(client, self.instance_topic, self.instance)
         self._control(client, self.status_topic, "online")
         with self._lock:
-            states = list(self._states.values())
-        for state in states:
-            self._send_state(client, state)
+            # States in flight at the drop are resent by paho; their acknowledgements no
+            # longer hold a newer state back.
+            self._state_in_flight.clear()
+            cameras = list(self._states)
+        for camera in cameras:
+            self._send_state(client, camera)
         # Retained topics of cameras no longer configured (renamed or removed): found here,
         # cleared in _on_message, or Home Assistant shows their last state as current forever.
         client.subscribe(state_topic(self.base, "+"), qos=1)
@@ -500,6 +527,8 @@ class MqttPublisher:
     ) -> None:
         # MQTT 5 only: the broker took the message and did not pass it on (its ACL, a quota).
         refusal = str(reason) if getattr(reason, "is_failure", False) else None
+        if self._state_acknowledged(mid, refusal):
+            return
         with self._drained:
             control = self._controls.pop(mid, None)
             if control is not None:
@@ -532,6 +561,20 @@ class MqttPublisher:
                 return
         if backlog:
             self._feed_backlog()  # outside our lock, as every call into paho
+
+    def _state_acknowledged(self, mid: int, refusal: str | None) -> bool:
+        """Whether ``mid`` was a camera state; the camera's newer state, if one waits, goes out."""
+        with self._drained:
+            camera = self._state_in_flight.pop(mid, None)
+            if camera is None:
+                return False
+            if refusal is not None:
+                self._refused(state_topic(self.base, camera), refusal, event=False)
+            self._drained.notify_all()
+            newer = camera in self._state_waiting and self.stats.connected
+        if newer:
+            self._send_state(self.client, camera)  # outside our lock, as every call into paho
+        return True
 
     def _refused(self, topic: str, reason: str, event: bool) -> None:
         """The broker refused a message (called with our lock held): an event is counted as
@@ -566,7 +609,7 @@ def publish(
     client: mqtt.Client, topic: str, payload: bytes | str, qos: int, retain: bool = False
 ) -> mqtt.MQTTMessageInfo:
     """``client.publish``, past paho's message-id clash. paho numbers every message 1..65535 in
-    turn (QoS 0 states too) and refuses a number still held by a queued message as if its
+    turn (QoS 0 ones too) and refuses a number still held by a queued message as if its
     queue were full: after an outage long enough to go round, the status "online", discovery
     configs and events were refused while the queue had room (the retained status stayed
     "offline"). The next number is tried then, as many as there are."""
