@@ -259,30 +259,36 @@ class MqttPublisher:
             state = self._states[camera]
             self._state_waiting.discard(camera)
         topic = state_topic(self.base, camera)
-        info = publish(client, topic, state.payload(), qos=1, retain=True)
-        with self._lock:
-            early = self._acked_early.pop(info.mid, None)
-            if early is not None:  # acknowledged before publish() returned
-                if early[1] is not None:
-                    self._refused(topic, early[1], event=False)
-            elif info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                self._state_in_flight[info.mid] = camera
+        self._send_retained(client, topic, state.payload(), self._state_in_flight, camera)
 
     def _control(
         self, client: mqtt.Client, topic: str, payload: bytes | str
     ) -> mqtt.MQTTMessageInfo:
-        """A retained QoS 1 message that is not an event (status, instance, discovery); one
-        refused (its reserve full: not expected) is said, not ignored."""
+        """Status, instance or a discovery config."""
+        return self._send_retained(client, topic, payload, self._controls, topic)
+
+    def _send_retained(
+        self,
+        client: mqtt.Client,
+        topic: str,
+        payload: bytes | str,
+        in_flight: dict[int, str],
+        name: str,
+    ) -> mqtt.MQTTMessageInfo:
+        """A retained QoS 1 message that is not an event, held in ``in_flight`` under ``name``
+        until acknowledged (in the same lock as the check for an early acknowledgement, so
+        none is missed): its refusal is said, and its acknowledgement is not taken for an
+        event's. One that paho will not queue (its reserve full: not expected) is said."""
         info = publish(client, topic, payload, qos=1, retain=True)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("MQTT could not queue %s: %s", topic, mqtt.error_string(info.rc))
-        else:
-            with self._lock:
-                early = self._acked_early.pop(info.mid, None)
-                if early is not None and early[1] is not None:
-                    self._refused(topic, early[1], event=False)
-                elif early is None:
-                    self._controls[info.mid] = topic
+            return info
+        with self._lock:
+            early = self._acked_early.pop(info.mid, None)
+            if early is None:
+                in_flight[info.mid] = name
+            elif early[1] is not None:
+                self._refused(topic, early[1], event=False)
         return info
 
     def announce(self) -> None:
