@@ -59,7 +59,7 @@ def bound(server: socketserver.ThreadingMixIn, name: str) -> None:
                 del open_from[client]
 
     def process_request(request: socket.socket, address: tuple) -> None:
-        client = str(address[0]) if isinstance(address, tuple) else str(address)
+        client = _client_of(address)
         with lock:
             full = open_from.total() >= MAX_CONNECTIONS or open_from[client] >= MAX_PER_CLIENT
             if not full:
@@ -74,7 +74,7 @@ def bound(server: socketserver.ThreadingMixIn, name: str) -> None:
             raise
 
     def process_request_thread(request: socket.socket, address: tuple) -> None:
-        client = str(address[0]) if isinstance(address, tuple) else str(address)
+        client = _client_of(address)
         deadline = threading.Timer(CONNECTION_DEADLINE_S, _cut, (request,))
         deadline.daemon = True
         try:
@@ -90,13 +90,17 @@ def bound(server: socketserver.ThreadingMixIn, name: str) -> None:
         error = sys.exc_info()[1]
         if isinstance(error, ConnectionError | TimeoutError):
             return
-        client = client_address[0] if isinstance(client_address, tuple) else client_address
-        log.warning("%s: a request from %s failed: %r", name, client, error)
+        log.warning("%s: a request from %s failed: %r", name, _client_of(client_address), error)
 
     server.get_request = get_request
     server.process_request = process_request
     server.process_request_thread = process_request_thread
     server.handle_error = handle_error
+
+
+def _client_of(address: object) -> str:
+    """The client's address without its port (one host, whatever ports it connects from)."""
+    return str(address[0]) if isinstance(address, tuple) else str(address)
 
 
 def _cut(connection: socket.socket) -> None:

@@ -194,8 +194,8 @@ def _recording(camera: CameraConfig, container: av.container.InputContainer) -> 
     that ends), not a camera: played at its own rate and once, like a file, instead of being
     downloaded as fast as it comes and replayed as a camera that "returned" after each end.
     Live HTTP streams (MJPEG, live HLS) have no duration; RTSP is always taken as a camera."""
-    scheme = str(camera.source).split(":", 1)[0].lower()
-    return scheme in ("http", "https") and (container.duration or 0) > 0
+    web = str(camera.source).startswith(("http://", "https://"))  # scheme lowercased by config
+    return web and (container.duration or 0) > 0
 
 
 def _refused(error: str) -> bool:

@@ -96,18 +96,15 @@ class MqttPublisher:
 
     def _client(self, config: MqttConfig, device_id: str) -> mqtt.Client:
         # The broker keeps our session (in-flight QoS 1) across drops: clean_session=False in
-        # 3.1.1; in 5, clean_start=False at each connect and a session that does not expire.
-        if config.protocol == "5":
-            client = mqtt.Client(
-                mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5
-            )
-        else:
-            client = mqtt.Client(
-                mqtt.CallbackAPIVersion.VERSION2,
-                client_id=self.client_id,
-                clean_session=False,
-                protocol=mqtt.MQTTv311,
-            )
+        # 3.1.1; in 5 (where paho takes no clean_session), clean_start=False at each connect
+        # and a session that does not expire (start).
+        v5 = config.protocol == "5"
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=None if v5 else False,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        )
         # paho's own limit has room above the events' for what must always get through after
         # an outage that filled the queue: status "online", instance, discovery configs.
         client.max_queued_messages_set(config.queue_size + CONTROL_RESERVE)
