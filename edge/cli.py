@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -93,7 +94,18 @@ class Interrupts:
             if not (isinstance(error, KeyboardInterrupt) or self.seen):
                 raise
             print(f"{self._name(argv)}: interrupted", file=sys.stderr)
-            return 130
+            _exit_interrupted()
 
     def _name(self, argv: list[str]) -> str:
         return " ".join([self.tool, *argv[:1]])
+
+
+def _exit_interrupted() -> NoReturn:
+    """Exit code 130, always. An interrupt that lands while a C extension runs Python code
+    through ``PyRun_String`` sets CPython's "uncaught Ctrl-C" flag although it is caught here,
+    and ``python -m`` then ends the process by SIGINT after ``sys.exit(130)``: status -2, seen
+    in CI when Ctrl-C hit TensorFlow's import."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
+            stream.flush()
+    os._exit(130)

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import zipfile
 from pathlib import Path
@@ -742,6 +743,37 @@ def test_ctrl_c_while_tensorflow_imports_ends_evaluate_in_one_line(after):
         after, "convert", "evaluate", "--model", SHIPPED_KERAS, "--data", SAMPLE_CSV
     )
     assert (result.returncode, result.stderr) == (130, "convert evaluate: interrupted\n")
+
+
+def test_ctrl_c_inside_an_extensions_own_python_code_still_exits_130(tmp_path):
+    """A C extension that runs Python code through ``PyRun_String`` (what was under way when
+    CI's Ctrl-C during TensorFlow's import ended with status -2): the interrupt is caught and
+    said, and the exit code is still 130, which scripts test for."""
+    (tmp_path / "nested.py").write_text(
+        textwrap.dedent(
+            """
+            import ctypes
+            import sys
+
+            from edge.cli import Interrupts
+
+            run_string = ctypes.pythonapi.PyRun_String
+            run_string.restype = ctypes.py_object
+            run_string.argtypes = [ctypes.c_char_p, ctypes.c_int] + [ctypes.py_object] * 2
+            code = b"import time; print('inside', flush=True); time.sleep(60)"
+            sys.exit(Interrupts("tool").run(lambda argv: run_string(code, 257, {}, {}), ["x"]))
+            """
+        )
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "nested"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert run.stdout.readline() == "inside\n"
+    run.send_signal(signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert (run.returncode, stderr) == (130, "tool x: interrupted\n")
 
 
 def test_an_interrupted_run_keeps_the_model_at_out_and_resumes(tmp_path):
