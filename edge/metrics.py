@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from prometheus_client import (
     CollectorRegistry,
@@ -102,7 +103,7 @@ def _metrics_path_only(app: WsgiApp) -> WsgiApp:
     answered like GET, without the body."""
 
     def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != "/metrics":
+        if _path(environ.get("PATH_INFO", "")) != "/metrics":
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"404 not found: the metrics are at /metrics\n"]
         if environ.get("REQUEST_METHOD") == "HEAD":
@@ -116,6 +117,12 @@ def _metrics_path_only(app: WsgiApp) -> WsgiApp:
         return app(environ, start_response)
 
     return serve
+
+
+def _path(target: str) -> str:
+    """The path of a request target; the absolute form (``GET http://host:9100/metrics``),
+    which HTTP/1.1 servers must accept (RFC 9112 3.2.2) and proxies send, included."""
+    return urlsplit(target).path if "://" in target else target
 
 
 class _StatsCollector(Collector):

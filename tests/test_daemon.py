@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -796,6 +797,11 @@ def test_metrics_are_served_at_slash_metrics_only_and_answer_health_checks(daemo
         assert abs(len(got.read()) - length) < 200 and length > 1000  # the values move on
     assert [status("/"), status("/metric"), status("/metrics/x")] == [404, 404, 404]
     assert status("/metrics", "POST") == 405
+    # The absolute form a proxy sends (RFC 9112 3.2.2) is the same path.
+    connection = http.client.HTTPConnection("127.0.0.1", daemon.metrics_port, timeout=5)
+    connection.request("GET", f"{url}/metrics")
+    assert connection.getresponse().status == 200
+    connection.close()
     names = daemon.metrics()
     assert 'edge_emotion_frames_processed_total{camera="clip"}' in names
     assert not [name for name in names if "_created" in name]
