@@ -59,6 +59,9 @@ STREAM_OPTIONS = {"analyzeduration": "500000", "probesize": "100000"}
 # decode, and the next keyframe decodes again: the session goes on, and ends only after this many
 # failures in a row (a stream that is no longer video at all).
 MAX_BAD_PACKETS = 25
+# A gap between frames this close to read_timeout_s is FFmpeg's read timing out: a delivering
+# camera's gaps are a frame interval.
+SILENT_FRACTION = 0.9
 # Pixel formats whose first plane is the 8-bit luma, i.e. the gray frame, as it is.
 LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
 
@@ -290,6 +293,8 @@ class CameraReader:
         self.crashed = False  # stopped by an error of ours, not by its source: see _run
         self._warned = False
         self._flapping = False  # the last session ended within STABLE_S of its first frame
+        # A live source silent this long is down, whatever comes after (see SILENT_FRACTION).
+        self._silence_s = SILENT_FRACTION * camera.read_timeout_s
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.name}", daemon=True)
 
     def start(self) -> CameraReader:
@@ -355,7 +360,9 @@ class CameraReader:
                     continue
                 self._flapping = time.monotonic() - opened < STABLE_S
                 if not self._flapping:
-                    backoff, self._warned = BACKOFF_START_S, False
+                    backoff = BACKOFF_START_S
+                    if self.stats.up:  # a new outage, unless a silence already said it
+                        self._warned = False
                 if ended and not self.camera.loop:
                     what = "file" if self.camera.kind == "file" else "the recording"
                     log.info("camera %s: end of %s", self.camera.name, what)
@@ -404,15 +411,21 @@ class CameraReader:
     ) -> tuple[int, bool, str]:
         """Read until stopped or the source fails; returns (next index, reached end of file,
         why it stopped)."""
-        next_due = time.monotonic()
+        next_due = last = time.monotonic()
         try:
             for image in source.frames():
                 if self._stop.is_set():
                     return index, False, "stopped"
-                if not self.stats.up:
+                now = time.monotonic()
+                if self.stats.up and not source.finite and now - last >= self._silence_s:
+                    # FFmpeg hands over what it had when its read timed out, and fails only
+                    # at the next timeout: a frozen camera was up for twice the timeout.
+                    self._down(f"no frame for {now - last:.1f} s (read_timeout_s)")
+                elif not self.stats.up:
                     self._up(first_ever=index == 0)
-                elif self._flapping and time.monotonic() - opened >= STABLE_S:
+                elif self._flapping and now - opened >= STABLE_S:
                     self._steady()
+                last = now
                 self._publish(Frame(self.camera.name, image, time.time(), time.monotonic(), index))
                 index += 1
                 if source.pace:

@@ -183,8 +183,17 @@ class RtspServer:
             raise RuntimeError(f"RTSP server did not start: {self.proc.stderr.read()[-2000:]}")
         return self
 
+    def freeze(self) -> None:
+        """The server hangs with its connections open (a camera that locks up, a cable
+        pulled behind a switch): nothing more arrives and nothing closes."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a frozen one too
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None

@@ -378,6 +378,32 @@ def test_a_flapping_camera_is_one_warning_and_its_recovery_is_logged(daemons):
         server.stop()
 
 
+def test_a_frozen_camera_is_down_once_silent_for_read_timeout_s(daemons):
+    """A camera that hangs with its connection open is down (``camera_up`` 0, one warning)
+    once it has been silent for read_timeout_s: FFmpeg hands over one more frame when its
+    read times out and fails only at the next timeout, which kept it up for twice as long."""
+    server = RtspServer(CLIP).start()
+    try:
+        camera = {"name": "frozen", "source": server.url(), "fps": 5, "read_timeout_s": 4}
+        daemon = daemons({"cameras": [camera]})
+        up = 'edge_emotion_camera_up{camera="frozen"}'
+        # Delivering for longer than the 10 s that make a session steady (15 fps).
+        read = 'edge_emotion_frames_read_total{camera="frozen"}'
+        daemon.wait_metric(read, lambda v: v >= 11 * 15, timeout=40)
+        server.freeze()
+        daemon.wait_metric(up, lambda v: v == 0, timeout=6.5)  # not 8 s: 2 x read_timeout_s
+        daemon.wait_log(lambda text: "camera frozen: no frame for" in text, timeout=5)
+        reconnects = 'edge_emotion_camera_reconnects_total{camera="frozen"}'
+        daemon.wait_metric(reconnects, lambda v: v == 1, timeout=15)  # the session gave up
+        server.thaw()
+        daemon.wait_metric(up, lambda v: v == 1, timeout=30)
+        warnings = [line for line in daemon.log().splitlines() if "WARNING" in line]
+        assert len(warnings) == 1, daemon.log()  # one outage, one line
+        assert daemon.stop() == 0
+    finally:
+        server.stop()
+
+
 def test_an_outage_long_enough_to_wrap_message_ids_still_ends_online(tmp_path):
     """paho numbers every message 1..65535 in turn (camera states too) and refused a number
     still held by a queued event as if the queue were full: after a long outage the status
