@@ -103,7 +103,21 @@ class BrokenCamera:
             conn.close()
 
 
-class Broker:
+class Service:
+    """A server process of the tests'."""
+
+    proc: subprocess.Popen | None
+
+    def freeze(self) -> None:
+        """It hangs with its connections open (a device that locks up, a cable pulled behind
+        a switch): nothing more arrives and nothing closes."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+
+class Broker(Service):
     """mosquitto with persistence, so a restart keeps subscribers' sessions like a real broker."""
 
     def __init__(
@@ -143,12 +157,13 @@ class Broker:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
+            self.thaw()  # a frozen one too
             self.proc.send_signal(signal.SIGTERM)  # saves the persistence file
             self.proc.wait(10)
         self.proc = None
 
 
-class RtspServer:
+class RtspServer(Service):
     def __init__(
         self,
         clip: Path,
@@ -183,17 +198,9 @@ class RtspServer:
             raise RuntimeError(f"RTSP server did not start: {self.proc.stderr.read()[-2000:]}")
         return self
 
-    def freeze(self) -> None:
-        """The server hangs with its connections open (a camera that locks up, a cable
-        pulled behind a switch): nothing more arrives and nothing closes."""
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        self.proc.send_signal(signal.SIGCONT)
-
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a frozen one too
+            self.thaw()  # a frozen one too
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None

@@ -313,6 +313,29 @@ def test_a_spool_larger_than_the_event_queue_is_delivered_whole(tmp_path, broker
     assert daemon.stop() == 0, daemon.log()
 
 
+def test_spooled_events_beyond_the_queue_count_as_waiting(tmp_path, daemons):
+    """The last run's events not yet handed over (beyond mqtt.queue_size) are waiting just as
+    much: events_queued and the shutdown line count them, not only the queue's."""
+    spool = tmp_path / "state" / "edge-emotion" / "porch.undelivered.jsonl"  # XDG_STATE_HOME
+    spool.parent.mkdir(parents=True)
+    topic = "edge-emotion/porch/door/event"
+    spool.write_text(
+        "".join(json.dumps({"topic": topic, "payload": f'{{"n":{n}}}'}) + "\n" for n in range(60))
+    )
+    daemon = daemons(
+        {
+            "device_id": "porch",
+            "cameras": [{"name": "door", "source": str(CLIP), "loop": True}],
+            "mqtt": {"host": "127.0.0.1", "port": free_port(), "queue_size": 8},
+            "tracking": {"heartbeat_s": 0},
+        }
+    )
+    daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 60, timeout=30)
+    assert daemon.stop() == 0, daemon.log()
+    kept = int(re.search(r"with (\d+) undelivered events: kept in", daemon.log()).group(1))
+    assert shutdown_summary(daemon.log())[1] == kept >= 60
+
+
 def test_without_a_writable_default_spool_place_the_daemon_runs_and_says_so(daemons):
     """A container with a read-only root and no home has nowhere to spool: that must not stop
     the daemon (only an mqtt.spool_file that cannot be written does)."""
@@ -438,6 +461,78 @@ def test_an_outage_long_enough_to_wrap_message_ids_still_ends_online(tmp_path):
     finally:
         publisher.close(1)
         broker.stop()
+
+
+def test_a_hung_broker_is_one_warning(broker, daemons):
+    """A broker that hangs (keepalive_s runs out) is one line: paho reports the timeout twice,
+    and the second read as a port that never accepted a session ("is it an MQTT port?")."""
+    daemon = daemons(
+        {
+            "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "keepalive_s": 5},
+        }
+    )
+    connected = "edge_emotion_mqtt_connected"
+    daemon.wait_metric(connected, lambda v: v == 1, timeout=20)
+    broker.freeze()
+    daemon.wait_metric(connected, lambda v: v == 0, timeout=20)
+    broker.thaw()
+    daemon.wait_metric(connected, lambda v: v == 1, timeout=20)
+    assert daemon.stop() == 0
+    warnings = [line for line in daemon.log().splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "MQTT disconnected" in warnings[0], daemon.log()
+
+
+def test_a_state_in_flight_when_the_broker_hangs_never_makes_a_later_event_delivered(tmp_path):
+    """A camera state in flight when the broker hangs is sent again by paho at the reconnect;
+    its acknowledgement was kept as an event's that came early, and once the message ids went
+    round, an event queued during a later outage with that id counted as delivered and was
+    never spooled: lost. Here the ids go round during that outage."""
+    from types import SimpleNamespace
+
+    from edge.comms.mqtt import MqttPublisher
+    from edge.config import MqttConfig
+
+    broker = Broker(tmp_path).start()
+    spool = tmp_path / "spool.jsonl"
+    config = MqttConfig(
+        host="127.0.0.1", port=broker.port, keepalive_s=5, reconnect_max_s=1,
+        queue_size=60000, spool_file=spool,
+    )  # fmt: skip
+    publisher = MqttPublisher(config, "porch", ["door"])
+
+    def until(condition, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, publisher.stats
+            time.sleep(0.05)
+
+    def event(n: int) -> SimpleNamespace:
+        return SimpleNamespace(camera="door", payload=lambda: json.dumps({"n": n}).encode())
+
+    publisher.start()
+    try:
+        until(lambda: publisher.stats.connected, 10)
+        broker.freeze()
+        state = json.dumps({"faces": 1}).encode()
+        publisher.publish_state(SimpleNamespace(camera="door", payload=lambda: state))
+        until(lambda: not publisher.stats.connected, 20)  # keepalive_s ran out
+        broker.thaw()
+        until(lambda: publisher.stats.connected, 20)
+        for n in range(6000):  # the ids move on while the broker takes everything
+            publisher.publish(event(n))
+        until(lambda: publisher.stats.published == 6000, 30)
+        broker.proc.kill()
+        broker.proc.wait()
+        until(lambda: not publisher.stats.connected, 10)
+        for n in range(6000, 66000):  # an outage: queued, the ids go round
+            publisher.publish(event(n))
+        assert (publisher.stats.published, publisher.stats.dropped) == (6000, 0)
+    finally:
+        publisher.close(1)
+        broker.stop()
+    kept = [json.loads(line)["payload"] for line in spool.read_text().splitlines()]
+    assert len(kept) == 60000
 
 
 def test_camera_states_never_pile_up_and_the_latest_is_retained(broker):

@@ -81,8 +81,13 @@ class MqttPublisher:
         self._lock = threading.Lock()
         self._closing = False  # our own disconnect at shutdown is not an outage to warn about
         self._connect_warned = False  # one warning per outage for failed connection attempts
+        # A session just lost, said so: paho reports a keepalive timeout twice, and the
+        # second must not read as a port that never accepted a session.
+        self._lost = False
         self._states: dict[str, CameraState] = {}  # latest per camera, republished on connect
         self._state_in_flight: dict[int, str] = {}  # message id -> camera
+        # States in flight at a drop, which paho sends again: their acknowledgements are ours.
+        self._states_resent: set[int] = set()
         self._state_waiting: set[str] = set()  # cameras with a newer state than the one sent
         self._cleared: set[str] = set()  # removed cameras whose retained topics were cleared
         self._last_announce = float("-inf")  # monotonic time of the last discovery announcement
@@ -124,7 +129,9 @@ class MqttPublisher:
 
     def start(self) -> None:
         if self.spool is not None:
-            self._backlog.extend(self.spool.load())  # the last run's, first: they are older
+            with self._lock:  # the last run's, first: they are older
+                self._backlog.extend(self.spool.load())
+                self._count_queued()
             self._feed_backlog()
             if not self._spooled:
                 self.spool.save([])
@@ -178,7 +185,7 @@ class MqttPublisher:
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:  # the reserve itself is full: not expected
                 self._drop_event()
                 return None
-            early = self._acked_early.pop(info.mid, None)
+            early = self._early_ack(info.mid)
             if early is not None:  # the broker answered before we got here
                 _, refusal = early
                 if refusal is None:
@@ -188,8 +195,22 @@ class MqttPublisher:
                 return None
             self._controls.pop(info.mid, None)  # paho reuses an id only once it is done
             self._pending[info.mid] = (topic, payload)
-            self.stats.queued = len(self._pending)
+            self._count_queued()
             return info.mid
+
+    def _count_queued(self) -> None:
+        """Events waiting (called with our lock held): handed to paho and not acknowledged,
+        and the last run's not handed over yet, which are just as undelivered."""
+        self.stats.queued = len(self._pending) + len(self._backlog)
+
+    def _early_ack(self, mid: int) -> tuple[float, str | None] | None:
+        """The acknowledgement that came for ``mid`` before publish() returned (called with our
+        lock held). Only a fresh one: an old one was for an earlier message with that id, and
+        taking it counted an event queued during an outage as delivered, never spooled."""
+        early = self._acked_early.pop(mid, None)
+        if early is None or time.monotonic() - early[0] > EARLY_ACK_TTL_S:
+            return None
+        return early
 
     def _keep(self, events: list[tuple[str, bytes]]) -> None:
         """At shutdown: what the broker has not taken goes to the spool for the next start."""
@@ -281,7 +302,7 @@ class MqttPublisher:
             log.warning("MQTT could not queue %s: %s", topic, mqtt.error_string(info.rc))
             return info
         with self._lock:
-            early = self._acked_early.pop(info.mid, None)
+            early = self._early_ack(info.mid)
             if early is None:
                 in_flight[info.mid] = name
             elif early[1] is not None:
@@ -312,6 +333,7 @@ class MqttPublisher:
             undelivered += [e for mid, e in self._pending.items() if mid not in self._spooled]
             self._spooled.clear()  # from now on the spool is what _keep writes
             self._backlog.clear()
+            self.stats.queued = len(undelivered)
         self._keep(undelivered)
         if self.stats.connected:
             info = self._control(self.client, self.status_topic, "offline")
@@ -342,7 +364,7 @@ class MqttPublisher:
             self._connect_warned = True
             return
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
-        self.stats.connected, self._connect_warned = True, False
+        self.stats.connected, self._connect_warned, self._lost = True, False, False
         # Subscribe before publishing our own: the broker then hands us the instance that
         # connected last under this device id, retained, before ours replaces it.
         client.subscribe(self.instance_topic, qos=1)
@@ -350,7 +372,8 @@ class MqttPublisher:
         self._control(client, self.status_topic, "online")
         with self._lock:
             # States in flight at the drop are resent by paho; their acknowledgements no
-            # longer hold a newer state back.
+            # longer hold a newer state back, and are not taken for an event's either.
+            self._states_resent.update(self._state_in_flight)
             self._state_in_flight.clear()
             cameras = list(self._states)
         for camera in cameras:
@@ -465,6 +488,7 @@ class MqttPublisher:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         """paho retries silently: say once per outage why, or a typo in a CA path stays hidden."""
+        self._lost = False  # a new attempt: what ends it is its own story
         if self._connect_warned or self._closing:
             return
         self._connect_warned = True
@@ -503,7 +527,8 @@ class MqttPublisher:
             # paho's "Unspecified error" is a connection that ended without the broker's word.
             why = "connection lost" if str(reason) == "Unspecified error" else reason
             log.warning("MQTT disconnected (%s); %s", why, self._meanwhile())
-        elif not self._connect_warned:
+            self._lost = True
+        elif not (self._connect_warned or self._lost):
             # The TCP connection worked and closed before the broker accepted the session:
             # neither a failed connect nor a lost one, and paho says nothing about it.
             self._connect_warned = True
@@ -549,7 +574,7 @@ class MqttPublisher:
                     self._refusal_warned.discard(topic)
                 else:
                     self._refused(topic, refusal, event=True)
-                self.stats.queued = len(self._pending)
+                self._count_queued()
                 self._drained.notify_all()
                 backlog = bool(self._backlog)
             else:
@@ -570,6 +595,9 @@ class MqttPublisher:
         with self._drained:
             camera = self._state_in_flight.pop(mid, None)
             if camera is None:
+                if mid in self._states_resent:
+                    self._states_resent.discard(mid)
+                    return True
                 return False
             if refusal is not None:
                 self._refused(state_topic(self.base, camera), refusal, event=False)
