@@ -30,20 +30,23 @@ _INTERRUPTS = Interrupts("edge") if _COMMAND_LINE else None
 if _COMMAND_LINE and sys.argv[1:2] in (["run"], ["demo"]):
     signal.signal(signal.SIGTERM, lambda signum, _frame: _early_stops.append(signum))
     signal.signal(signal.SIGHUP, lambda signum, _frame: _early_reloads.append(signum))
-    # A reload re-executes with SIGHUP blocked (reload_in_place): one sent while the new
-    # interpreter started waited, pending, and arrives here.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    # A reload re-executes with these blocked (serve): one sent while the new interpreter
+    # started waited, pending, and arrives here (a stop then stops it at once).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-from edge.config import ConfigError, EdgeConfig, load_config  # noqa: E402
+from edge.config import ConfigError, EdgeConfig, load_config, read_config_file  # noqa: E402
 from edge.config.camera import mask_urls  # noqa: E402
 from edge.emotions import ModelError  # noqa: E402
 
 EXIT_CONFIG = 2
+# The descriptor of the configuration a reload checked, for the process it restarts (an
+# in-memory file, inherited across the exec): see ConfigFile. Not EDGE_*, which are settings.
+CHECKED_CONFIG_FD = "_EDGE_EMOTION_CHECKED_CONFIG_FD"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +94,40 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_daemon(args: argparse.Namespace) -> int:
-    return serve(load_config(args.config), reread=lambda: load_config(args.config))
+    source = ConfigFile(args.config)
+    return serve(source.load(), source)
+
+
+class ConfigFile:
+    """The configuration file, read again at each reload. The process a reload restarts runs
+    with the bytes that reload checked, not with the file as it is by then: saved again during
+    the restart with a typo, it ended the service (exit 2, which systemd does not restart).
+    The file as saved is for the next reload, which checks it first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.checked: bytes | None = None
+
+    def load(self) -> EdgeConfig:
+        return load_config(self.path, content=_inherited_config())
+
+    def reread(self) -> EdgeConfig:
+        content = read_config_file(self.path)
+        config = load_config(self.path, content=content)
+        self.checked = content
+        return config
+
+
+def _inherited_config() -> bytes | None:
+    """The configuration the reload that started this process checked, if one did."""
+    fd = os.environ.pop(CHECKED_CONFIG_FD, None)
+    if fd is None:
+        return None
+    try:
+        with open(int(fd), "rb") as file:
+            return file.read()
+    except (OSError, ValueError):  # not ours after all: the file is read as usual
+        return None
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -100,7 +136,7 @@ def run_demo(args: argparse.Namespace) -> int:
     return serve(load_config(None, demo_config(sample_clip())))
 
 
-def serve(config: EdgeConfig, reread: Callable[[], EdgeConfig] | None = None) -> int:
+def serve(config: EdgeConfig, source: ConfigFile | None = None) -> int:
     from edge.daemon import Daemon, tune_opencv
 
     logging.basicConfig(
@@ -109,7 +145,7 @@ def serve(config: EdgeConfig, reread: Callable[[], EdgeConfig] | None = None) ->
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     tune_opencv(len(config.cameras))
-    daemon = Daemon(config, reread=reread)
+    daemon = Daemon(config, reread=source.reread if source else None)
     daemon.install_signal_handlers()
     if _early_stops:
         logging.getLogger("edge").info("stopped while starting (SIGTERM)")
@@ -117,8 +153,11 @@ def serve(config: EdgeConfig, reread: Callable[[], EdgeConfig] | None = None) ->
     if _early_reloads:
         daemon.request_reload()  # starts, then restarts at once with the configuration re-read
     code = daemon.run()
-    if daemon.reload_requested:
-        reload_in_place()
+    # From here a stop or another reload waits, blocked; across a restart it reaches the new
+    # process as it starts (a stop then stops it at once): a stop is never lost to a reload.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+    if daemon.reload_requested and source is not None:
+        reload_in_place(source.checked)
     # Threads may still be inside native code: a reader blocked in OpenCV/FFmpeg (up to its
     # read timeout), a live-view request in cv2.imencode, OpenCV's own pool. Interpreter
     # finalisation tears them down and can abort the process ("terminate called without an
@@ -131,17 +170,22 @@ def serve(config: EdgeConfig, reread: Callable[[], EdgeConfig] | None = None) ->
     os._exit(code)
 
 
-def reload_in_place() -> None:
+def reload_in_place(checked: bytes | None) -> None:
     """SIGHUP: everything is flushed and stopped by now; start again as the same process (same
-    PID, so systemd and other supervisors keep tracking it) with the configuration re-read
-    (``Daemon.request_reload`` checked that it loads)."""
+    PID, so systemd and other supervisors keep tracking it) with the configuration re-read,
+    as ``Daemon.request_reload`` checked it (``checked``, handed over in memory). Signals are
+    blocked (a mask survives the exec) until the new process has its handlers."""
     logging.getLogger(__name__).info("SIGHUP: restarting with the configuration re-read")
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    # Blocked across the exec (a signal mask survives it) until the new process has its
-    # handler: a SIGHUP meanwhile would otherwise end the interpreter before it begins.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    if checked is not None:
+        fd = os.memfd_create("edge-emotion-config", 0)  # without MFD_CLOEXEC: inherited
+        os.set_inheritable(fd, True)
+        with open(fd, "wb", closefd=False) as file:
+            file.write(checked)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.environ[CHECKED_CONFIG_FD] = str(fd)
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 

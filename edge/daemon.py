@@ -188,8 +188,14 @@ class Daemon:
         ``systemctl kill -s HUP``) stops just as cleanly, then the process starts again with its
         configuration re-read (``edge.__main__.reload_in_place``)."""
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.stop_requested.set())
+            signal.signal(signum, lambda *_: self.request_stop())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
+
+    def request_stop(self) -> None:
+        """A stop wins over a reload under way (systemd's stop right after a reload, a host
+        shutting down): the process ends instead of restarting, to be killed at the timeout."""
+        self.reload_requested = False
+        self.stop_requested.set()
 
     def request_reload(self) -> None:
         """Restart in place, but only into a configuration that loads: a typo saved before
@@ -210,6 +216,9 @@ class Daemon:
                     type(error).__name__,
                 )
                 return
+        if self.stop_requested.is_set() and not self.reload_requested:
+            return  # stopping: a reload now would undo the stop
+        log.info("reload: the configuration checks out; stopping to restart with it")
         self.reload_requested = True
         self.stop_requested.set()
 

@@ -263,6 +263,53 @@ def test_reloads_while_starting_up_never_kill_the_daemon(tmp_path):
     assert "Traceback" not in log.read_text()
 
 
+def reloading_slowly(broker, daemons):  # noqa: F811
+    """A daemon in the middle of a reload: the configuration checked, the old run still
+    flushing (the broker hangs, so the flush takes its 2.5 s)."""
+    daemon = daemons(
+        {
+            "cameras": [{"name": "clip", "source": str(CLIP), "loop": True, "fps": 5}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "tracking": {"heartbeat_s": 0.2},
+        }
+    )
+    daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=20)
+    broker.freeze()
+    daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 1, timeout=20)
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_log(lambda text: "reload: the configuration checks out" in text, timeout=10)
+    return daemon
+
+
+def test_a_stop_during_a_reload_stops_the_daemon(broker, daemons):  # noqa: F811
+    """systemctl stop (or a host shutting down) right after a reload: the stop wins. It was
+    taken for the reload's own and the process restarted, to be killed at the stop timeout
+    with its queued events and without its "offline"."""
+    daemon = reloading_slowly(broker, daemons)
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(10) == 0
+    assert "SIGHUP: restarting" not in daemon.log()
+    broker.thaw()
+
+
+def test_a_configuration_saved_again_during_a_reload_waits_for_the_next_one(
+    broker,  # noqa: F811
+    daemons,  # noqa: F811
+):
+    """The restarted process runs with the configuration its reload checked: the file saved
+    again meanwhile with a typo ended the service (exit 2, not restarted by systemd). The
+    next reload checks the file as it is, and refuses it."""
+    daemon = reloading_slowly(broker, daemons)
+    daemon.config.write_text("cameras: [\n")  # saved again, broken, during the restart
+    daemon.wait_log(lambda text: "SIGHUP: restarting" in text, timeout=10)
+    broker.thaw()
+    processed = 'edge_emotion_frames_processed_total{camera="clip"}'
+    daemon.wait_metric(processed, lambda v: v >= 1, timeout=30)  # the restarted process
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_log(lambda text: "reload refused" in text, timeout=30)
+    assert daemon.stop() == 0
+
+
 @pytest.mark.parametrize("broken", ["fps", "model", "port"])
 def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(
     daemons,  # noqa: F811

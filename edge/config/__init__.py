@@ -44,6 +44,7 @@ __all__ = [
     "MqttConfig",
     "TlsConfig",
     "load_config",
+    "read_config_file",
 ]
 
 
@@ -247,12 +248,16 @@ def _camera_variables(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | os.PathLike | None, defaults: dict[str, Any] | None = None
+    path: str | os.PathLike | None,
+    defaults: dict[str, Any] | None = None,
+    content: bytes | None = None,
 ) -> EdgeConfig:
-    """Read the YAML file (or ``defaults``), apply ``EDGE_*`` variables, validate everything."""
+    """Read the YAML file (or ``defaults``), apply ``EDGE_*`` variables, validate everything.
+    ``content``: the file's bytes as read before (``read_config_file``), named by ``path``."""
     raw: dict[str, Any] = dict(defaults or {})
     if path is not None:
-        raw = _read_yaml(Path(path))
+        path = Path(path)
+        raw = _parse_yaml(path, read_config_file(path) if content is None else content)
     where = f"{path}: " if path else ""
     _refuse_unknown_variables()
     raw = _camera_variables(raw)
@@ -368,7 +373,8 @@ def _sets(value: str, keys: list[str]) -> bool:
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_config_file(path: Path) -> bytes:
+    """The configuration file's bytes; a problem reading it is a ConfigError naming it."""
     try:
         with path.open("rb") as file:
             content = file.read(MAX_CONFIG_BYTES + 1)
@@ -382,6 +388,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(
             f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a configuration file"
         )
+    return content
+
+
+def _parse_yaml(path: Path, content: bytes) -> dict[str, Any]:
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError:
