@@ -59,9 +59,6 @@ STREAM_OPTIONS = {"analyzeduration": "500000", "probesize": "100000"}
 # decode, and the next keyframe decodes again: the session goes on, and ends only after this many
 # failures in a row (a stream that is no longer video at all).
 MAX_BAD_PACKETS = 25
-# A gap between frames this close to read_timeout_s is FFmpeg's read timing out: a delivering
-# camera's gaps are a frame interval.
-SILENT_FRACTION = 0.9
 # Pixel formats whose first plane is the 8-bit luma, i.e. the gray frame, as it is.
 LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
 
@@ -293,8 +290,6 @@ class CameraReader:
         self.crashed = False  # stopped by an error of ours, not by its source: see _run
         self._warned = False
         self._flapping = False  # the last session ended within STABLE_S of its first frame
-        # A live source silent this long is down, whatever comes after (see SILENT_FRACTION).
-        self._silence_s = SILENT_FRACTION * camera.read_timeout_s
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.name}", daemon=True)
 
     def start(self) -> CameraReader:
@@ -417,9 +412,12 @@ class CameraReader:
                 if self._stop.is_set():
                     return index, False, "stopped"
                 now = time.monotonic()
-                if self.stats.up and not source.finite and now - last >= self._silence_s:
-                    # FFmpeg hands over what it had when its read timed out, and fails only
-                    # at the next timeout: a frozen camera was up for twice the timeout.
+                silent = now - last >= self.camera.read_timeout_s
+                if self.stats.up and silent and not source.finite:
+                    # FFmpeg's read timed out (its next read starts after this loop hands the
+                    # last frame on, so a gap this long is one), and it handed over what it
+                    # had, to fail only at the next timeout: a frozen camera was up for twice
+                    # the timeout. A slow camera inside the timeout is not down.
                     self._down(f"no frame for {now - last:.1f} s (read_timeout_s)")
                 elif not self.stats.up:
                     self._up(first_ever=index == 0)
