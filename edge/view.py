@@ -37,11 +37,11 @@ JPEG_QUALITY = 80
 BOX_COLOUR = (0, 200, 0)  # BGR
 
 
-def draw(shown: Shown) -> np.ndarray:
-    """The analysed frame with every tracked face's box and label, as a colour image."""
+def draw(shown: Shown, faces: list[dict]) -> np.ndarray:
+    """The analysed frame with the faces' boxes and labels, as a colour image."""
     gray = shown.gray
     image = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR) if gray.ndim == 2 else gray.copy()
-    for face in shown.faces:
+    for face in faces:
         x, y, w, h = face["box"]
         cv2.rectangle(image, (x, y), (x + w, y + h), BOX_COLOUR, 2)
         label = f"#{face['track_id']} {face['emotion']} {face['confidence']:.2f}"
@@ -50,6 +50,13 @@ def draw(shown: Shown) -> np.ndarray:
         cv2.rectangle(image, (x, top - th - 8), (x + tw + 6, top), (0, 0, 0), cv2.FILLED)
         cv2.putText(image, label, (x + 3, top - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.6, BOX_COLOUR, 2)
     return image
+
+
+def seen(camera: CameraAnalysis) -> list[dict]:
+    """The faces the camera sees now: none while it is down (its last frame's tracks have
+    ended, and the page and the snapshot must not show them as present)."""
+    shown = camera.shown
+    return shown.faces if shown and camera.reader.stats.up else []
 
 
 def describe(camera: CameraAnalysis) -> dict:
@@ -61,7 +68,7 @@ def describe(camera: CameraAnalysis) -> dict:
         "analysed_fps": round(camera.analysed_fps(), 2),
         "frames_dropped": stats.frames_dropped,
         "last_error": stats.last_error,
-        "faces": shown.faces if shown and stats.up else [],  # a camera down sees no one
+        "faces": seen(camera),
         "frame_age_s": round(shown.age(), 2) if shown else None,
     }
 
@@ -90,7 +97,7 @@ class ViewServer:
         if camera is None or camera.shown is None:
             return None
         quality = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
-        ok, jpeg = cv2.imencode(".jpg", draw(camera.shown), quality)
+        ok, jpeg = cv2.imencode(".jpg", draw(camera.shown, seen(camera)), quality)
         return jpeg.tobytes() if ok else None
 
 
@@ -199,7 +206,9 @@ async function refresh() {
       const status = t.querySelector(".status");
       status.className = "status " + (c.up ? "up" : "down");
       status.textContent = (c.up ? "up" : "down") + ", " + c.analysed_fps + " fps analysed, "
-        + c.frames_dropped + " dropped" + (c.last_error ? ", last error: " + c.last_error : "");
+        + c.frames_dropped + " dropped" + (c.last_error ? ", last error: " + c.last_error : "")
+        + (!c.up && c.frame_age_s !== null
+           ? ", last frame " + Math.round(c.frame_age_s) + " s ago" : "");
       const faces = t.querySelector(".faces");
       faces.replaceChildren(...c.faces.map(f => {
         const li = document.createElement("li");

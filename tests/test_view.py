@@ -80,6 +80,21 @@ def test_the_api_and_the_snapshot_show_what_the_camera_sees(viewed):
     assert daemon.stop() == 0
 
 
+def test_a_camera_down_shows_its_last_frame_without_faces(viewed, rtsp):  # noqa: F811
+    """The camera's tracks ended with it: its last frame stays on the page, but no box says
+    someone is there now (the API already said no faces; the picture still did)."""
+    daemon, base = viewed
+    rtsp.stop()
+    daemon.wait_metric('edge_emotion_camera_up{camera="door"}', lambda v: v == 0, 20)
+    (camera,) = json.loads(get(f"{base}/api/cameras")[2])
+    assert camera["up"] is False and camera["faces"] == []
+    status, _, body = get(f"{base}/snapshot/door.jpg")
+    assert status == 200
+    image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (480, 640, 3) and green_pixels(image) == 0
+    assert daemon.stop() == 0
+
+
 def test_snapshots_abandoned_by_the_browser_leave_no_traceback(viewed):
     """The page replaces each snapshot every second: a browser resets requests it no longer
     wants, which is no error of the daemon's (it printed a 20-line traceback for each)."""
