@@ -59,6 +59,9 @@ STREAM_OPTIONS = {"analyzeduration": "500000", "probesize": "100000"}
 # decode, and the next keyframe decodes again: the session goes on, and ends only after this many
 # failures in a row (a stream that is no longer video at all).
 MAX_BAD_PACKETS = 25
+# The character devices of Video4Linux (/dev/video*, also /dev/v4l/by-id/* links to them);
+# others (/dev/null, a serial port) are not cameras.
+V4L2_MAJOR = 81
 # Pixel formats whose first plane is the 8-bit luma, i.e. the gray frame, as it is.
 LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
 
@@ -225,7 +228,8 @@ def _device_problem(source: int | str) -> str:
     """Why a V4L2 device would not open, where the file system can tell: OpenCV cannot."""
     path = f"/dev/video{source}" if isinstance(source, int) else str(source)
     try:
-        if not stat.S_ISCHR(os.stat(path).st_mode):
+        mode = os.stat(path)
+        if not stat.S_ISCHR(mode.st_mode) or os.major(mode.st_rdev) != V4L2_MAJOR:
             return f" ({path} is not a video device)"
     except FileNotFoundError:
         return f" ({path} does not exist: unplugged, or another index?)"

@@ -406,6 +406,7 @@ def test_a_missing_usb_camera_is_said_once_not_at_every_retry(daemons):  # noqa:
         {
             "cameras": [
                 {"name": "usb", "source": 7},  # no /dev/video7 here
+                {"name": "null", "source": "/dev/null"},  # a character device, not a camera
                 {"name": "clip", "source": str(CLIP), "loop": True, "fps": 10},
             ]
         }
@@ -416,6 +417,7 @@ def test_a_missing_usb_camera_is_said_once_not_at_every_retry(daemons):  # noqa:
     log = daemon.log()
     assert log.count("camera usb: cannot open 7") == 1, log
     assert "/dev/video7 does not exist" in log, log  # why, where the file system can tell
+    assert "cannot open /dev/null (/dev/null is not a video device)" in log, log
     assert "VIDEOIO" not in log and "WARN:" not in log, log
 
 
