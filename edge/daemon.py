@@ -123,7 +123,7 @@ class Daemon:
         return code
 
     def _supervise(self) -> int:
-        """Ping the watchdog while frames flow; returns the exit code once it is time to stop."""
+        """Ping the watchdog while nothing hangs; returns the exit code once it is time to stop."""
         interval = min(1.0, self.notifier.watchdog_interval or 1.0)
         while not self.stop_requested.wait(interval):
             if not self.pool.alive:  # cannot happen by design: let systemd restart us
@@ -138,28 +138,43 @@ class Daemon:
             if self.publisher.stats.gone:
                 log.info("the reader of the events closed standard output: stopping")
                 return 0
-            newest = max(c.last_processed for c in self.cameras)
-            # Pings stop half a WatchdogSec after the last analysed frame (or the start), and a
-            # WatchdogSec after it (60 s by default) the daemon stops itself to be restarted,
-            # before systemd's SIGABRT at 1.5 x: a restart also resets wedged FFmpeg/V4L2
-            # state; one camera alone never causes it.
-            stale_after = (self.notifier.watchdog_interval or 1.0) + max(
-                1 / c.fps for c in self.config.cameras
-            )
-            stale = time.monotonic() - newest
-            if stale < max(stale_after, 2.0):
+            stalled = self._stalled()
+            if stalled is None:
                 self.notifier.alive()
-            elif (half := self.notifier.watchdog_interval) and stale >= max(stale_after, 2) + half:
-                # Halfway from the last ping to systemd's SIGABRT, which would lose the
-                # events still queued for the broker: stop cleanly (they go to the spool)
-                # and let Restart=on-failure start us again, as the watchdog would have.
+                continue
+            stalled_for, what = stalled
+            if (half := self.notifier.watchdog_interval) and stalled_for >= half:
+                # Halfway from the last ping to systemd's SIGABRT, which would lose the events
+                # still queued for the broker: stop cleanly (they go to the spool) and let
+                # Restart=on-failure start us again, as the watchdog would have.
                 log.error(
-                    "no camera has delivered a frame for %.0f s: exiting to be restarted "
-                    "before the systemd watchdog (WatchdogSec) kills the daemon",
-                    stale,
+                    "%s for %.0f s: exiting to be restarted before the systemd watchdog "
+                    "(WatchdogSec) kills the daemon",
+                    what,
+                    stalled_for,
                 )
                 return 1
         return 0
+
+    def _stalled(self) -> tuple[float, str] | None:
+        """What has stopped making progress, and for how long past the point where pings stop;
+        None while everything does. A camera that is down is not a stall: its reader retries
+        on its own, and a restart every minute while it is off (at night, unplugged) only made
+        the service flap. What a restart fixes is a hang: the analysis taking no camera in
+        turn (a worker stuck), or a reader stuck in FFmpeg/OpenCV past its timeouts."""
+        now = time.monotonic()
+        # Workers take a camera at least every IDLE_TICK_S, frame or not; pings stop half a
+        # WatchdogSec after the last (a slow frame of a slow camera is not a hang).
+        limit = (self.notifier.watchdog_interval or 1.0) + max(
+            1 / c.fps for c in self.config.cameras
+        )
+        idle = now - max((c.last_tick for c in self.cameras if not c.done), default=now)
+        if idle >= max(limit, 2.0):
+            return idle - max(limit, 2.0), "the analysis has taken no camera in turn"
+        for reader in self.readers:
+            if (stuck := reader.stuck_for(now)) > 0:
+                return stuck, f"camera {reader.camera.name}: its reader is stuck in FFmpeg/OpenCV"
+        return None
 
     def shutdown(self) -> None:
         if self.reload_requested:

@@ -66,10 +66,10 @@ class CameraAnalysis:
         self.tracker, self.publisher, self.metrics = tracker, publisher, metrics
         self.interval = 1.0 / fps
         self.name = reader.camera.name
-        # Monotonic time of the last analysed frame, for the watchdog. It starts at the start, so
-        # a camera slow to give its first frame gets the same grace as one that stopped.
-        self.last_processed = time.monotonic()
+        self.last_processed = time.monotonic()  # of the last analysed frame
         self.next_due = 0.0  # monotonic time from which the next frame may be analysed
+        # When a worker last took this camera, for a frame or an idle tick: the watchdog's
+        # sign that the analysis goes on. From the start: the same grace for the first turn.
         self.last_tick = time.monotonic()
         self.failed_frames = 0
         self._frame_shape: tuple[int, ...] | None = None

@@ -59,6 +59,11 @@ STREAM_OPTIONS = {"analyzeduration": "500000", "probesize": "100000"}
 # decode, and the next keyframe decodes again: the session goes on, and ends only after this many
 # failures in a row (a stream that is no longer video at all).
 MAX_BAD_PACKETS = 25
+# How far past its own timeouts (open_timeout_s, twice read_timeout_s: FFmpeg fails only at
+# its second timeout, see _read_until_failure) or its backoff a reader may be before it counts
+# as stuck in native code, for the watchdog. FFmpeg resolves host names without a timeout
+# (getaddrinfo: up to 30 s with DNS servers that do not answer): not a hang.
+STUCK_AFTER_S = 60.0
 # The character devices of Video4Linux (/dev/video*, also /dev/v4l/by-id/* links to them);
 # others (/dev/null, a serial port) are not cameras.
 V4L2_MAJOR = 81
@@ -294,6 +299,9 @@ class CameraReader:
         self.crashed = False  # stopped by an error of ours, not by its source: see _run
         self._warned = False
         self._flapping = False  # the last session ended within STABLE_S of its first frame
+        # Monotonic time by which the thread must have come back from what it is doing (an
+        # open, a read, a backoff): later, it is stuck (``stuck_for``).
+        self._due_back = float("inf")
         self._thread = threading.Thread(target=self._run, name=f"camera-{camera.name}", daemon=True)
 
     def start(self) -> CameraReader:
@@ -329,10 +337,22 @@ class CameraReader:
     def has_frame(self) -> bool:
         return self._slot is not None
 
+    def stuck_for(self, now: float) -> float:
+        """Seconds the reader thread is overdue from an open, a read or a backoff: a thread
+        stuck inside FFmpeg or OpenCV, which only a restart frees. 0 while it keeps its
+        timeouts (a camera that is down is retried, and is not stuck)."""
+        if not self.alive or self._finished.is_set():
+            return 0.0
+        return max(0.0, now - self._due_back)
+
+    def _back_within(self, seconds: float) -> None:
+        self._due_back = time.monotonic() + seconds + STUCK_AFTER_S
+
     def _run(self) -> None:
         backoff, index = BACKOFF_START_S, 0
         try:
             while not self._stop.is_set():
+                self._back_within(self.camera.open_timeout_s)
                 try:
                     source = self._opener(self.camera)
                 except OSError as error:
@@ -402,6 +422,7 @@ class CameraReader:
 
     def _pause(self, backoff: float, refused: bool = False) -> float:
         """Wait ``backoff`` seconds (or until stopped); returns the next, doubled, capped wait."""
+        self._back_within(backoff)
         self._stop.wait(backoff)
         return min(backoff * 2, REFUSED_BACKOFF_MAX_S if refused else BACKOFF_MAX_S)
 
@@ -411,8 +432,11 @@ class CameraReader:
         """Read until stopped or the source fails; returns (next index, reached end of file,
         why it stopped)."""
         next_due = last = time.monotonic()
+        read_within = 2 * self.camera.read_timeout_s + source.pace
+        self._back_within(self.camera.open_timeout_s + read_within)  # the first frame: probed
         try:
             for image in source.frames():
+                self._back_within(read_within)
                 if self._stop.is_set():
                     return index, False, "stopped"
                 now = time.monotonic()

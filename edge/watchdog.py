@@ -1,4 +1,4 @@
-"""systemd integration: ``READY=1`` once running, ``WATCHDOG=1`` only while frames are analysed.
+"""systemd integration: ``READY=1`` once running, ``WATCHDOG=1`` while the pipeline is not hung.
 
 Speaks the sd_notify datagram protocol directly (no libsystemd binding needed). Outside systemd
 (no ``NOTIFY_SOCKET``) every call is a no-op.

@@ -787,52 +787,77 @@ def test_missing_or_corrupt_model_stops_startup_with_a_clear_error(tmp_path, con
     assert "Traceback" not in result.stderr
 
 
-def test_systemd_ready_then_watchdog_pings_only_while_frames_flow(tmp_path, rtsp, daemons):
+def watchdog_socket(tmp_path: Path) -> tuple[socket.socket, str]:
+    """systemd's notify socket, as the daemon finds it in NOTIFY_SOCKET."""
     address = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(address)
     sock.settimeout(30)
+    return sock, address
+
+
+def pings_for(sock: socket.socket, seconds: float) -> int:
+    """The WATCHDOG=1 pings that arrive in the next ``seconds``."""
+    count, deadline = 0, time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            count += sock.recv(256) == b"WATCHDOG=1"
+        except TimeoutError:
+            break
+    return count
+
+
+def test_systemd_ready_then_watchdog_pings_through_a_camera_outage(tmp_path, rtsp, daemons):
+    """A camera that drops (switched off at night, a network outage) is retried by the daemon
+    itself: the watchdog keeps being fed. Restarting the service every minute while the
+    camera was off only made its MQTT status flap "offline"/"online" and filled the journal."""
+    sock, address = watchdog_socket(tmp_path)
     daemon = daemons(
         {"cameras": [{"name": "door", "source": rtsp.url(), "fps": 5}]},
-        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "3000000"},
+        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"},
     )
     assert sock.recv(256) == b"READY=1"
     assert sock.recv(256) == b"WATCHDOG=1"
-    rtsp.stop()  # processing stalls: the pings must stop so systemd can restart the service
-    sock.settimeout(1.0)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            sock.recv(256)
-        except TimeoutError:
-            break
-    else:
-        raise AssertionError("WATCHDOG=1 kept coming although no frame was processed")
-    # Before systemd's SIGABRT (WatchdogSec after the last ping), which would lose what is
-    # queued, the daemon stops cleanly itself with a failure code, to be restarted.
-    assert daemon.proc.wait(timeout=5) == 1
-    assert "exiting to be restarted before the systemd watchdog" in daemon.log()
+    rtsp.stop()
+    daemon.wait_metric('edge_emotion_camera_up{camera="door"}', lambda v: v == 0, timeout=20)
+    assert pings_for(sock, 5) >= 3, daemon.log()  # 2.5 x WatchdogSec: systemd would have killed
+    rtsp.start()
+    daemon.wait_metric('edge_emotion_camera_up{camera="door"}', lambda v: v == 1, timeout=30)
+    assert daemon.stop() == 0, daemon.log()
 
 
-def test_a_camera_slow_to_start_gets_the_watchdogs_grace_before_a_restart(tmp_path, daemons):
-    """systemd starts the service with the camera still booting or the network still coming
-    up: the watchdog's grace (1.5 x WatchdogSec) counts from the start, as it does from a
-    camera's last frame. (It counted from the machine's boot: with the shipped unit the daemon
-    exited a second after start, again every 6 s, until a camera answered in time.)"""
-    address = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(address)
-    sock.settimeout(30)
-    started = time.monotonic()
+def test_a_camera_that_never_answers_does_not_restart_the_daemon(tmp_path, daemons):
+    """systemd starts the service with the camera still booting, unplugged, or its address
+    wrong: the daemon keeps retrying, fed by the watchdog, and says why the camera is down."""
+    sock, address = watchdog_socket(tmp_path)
     daemon = daemons(
         {"cameras": [{"name": "door", "source": f"rtsp://127.0.0.1:{free_port()}/live"}]},
-        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "4000000"},
+        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"},
     )
     assert sock.recv(256) == b"READY=1"
-    assert sock.recv(256) == b"WATCHDOG=1", daemon.log()
-    # No frame ever comes: it still stops itself, after the grace and not before.
-    assert daemon.proc.wait(timeout=30) == 1
-    assert time.monotonic() - started >= 4
+    assert pings_for(sock, 5) >= 3, daemon.log()
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
+    assert "camera door: cannot open" in daemon.log()
+
+
+def test_an_analysis_that_takes_no_camera_in_turn_is_restarted(tmp_path, daemons):
+    """A hang is what the watchdog is for: here the only worker spends seconds on each frame
+    (a face scan at a scale step of 0.1%), longer than half a WatchdogSec. The pings stop, and
+    before systemd's SIGABRT (which would lose what is queued) the daemon stops cleanly
+    itself, with a failure code, to be restarted."""
+    sock, address = watchdog_socket(tmp_path)
+    daemon = daemons(
+        {
+            "cameras": [{"name": "door", "source": str(CLIP), "loop": True, "fps": 5}],
+            "detector": {"scale_factor": 1.001, "min_size": 8},
+        },
+        env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"},
+    )
+    assert sock.recv(256) == b"READY=1"
+    assert daemon.proc.wait(timeout=60) == 1
+    assert "the analysis has taken no camera in turn for" in daemon.log(), daemon.log()
     assert "exiting to be restarted before the systemd watchdog" in daemon.log()
 
 
