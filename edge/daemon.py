@@ -163,12 +163,13 @@ class Daemon:
         the service flap. What a restart fixes is a hang: the analysis taking no camera in
         turn (a worker stuck), or a reader stuck in FFmpeg/OpenCV past its timeouts."""
         now = time.monotonic()
-        # Workers take a camera at least every IDLE_TICK_S, frame or not; pings stop half a
-        # WatchdogSec after the last (a slow frame of a slow camera is not a hang).
+        # Workers take each camera at least every IDLE_TICK_S without a frame, or at its fps
+        # with frames; pings stop half a WatchdogSec after the turn of the camera that has
+        # waited longest (a worker stuck on one camera leaves it waiting, whatever the others).
         limit = (self.notifier.watchdog_interval or 1.0) + max(
             1 / c.fps for c in self.config.cameras
         )
-        idle = now - max((c.last_tick for c in self.cameras if not c.done), default=now)
+        idle = now - min((c.last_tick for c in self.cameras if not c.done), default=now)
         if idle >= max(limit, 2.0):
             return idle - max(limit, 2.0), "the analysis has taken no camera in turn"
         for reader in self.readers:
