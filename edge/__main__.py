@@ -8,6 +8,7 @@ import signal
 import sys
 
 from edge.cli import (  # light: before the heavy imports
+    STOP_SIGNALS,
     Interrupts,
     OneLineParser,
     path_argument,
@@ -30,16 +31,24 @@ _INTERRUPTS = Interrupts("edge") if _COMMAND_LINE else None
 if _COMMAND_LINE and sys.argv[1:2] in (["run"], ["demo"]):
     signal.signal(signal.SIGTERM, lambda signum, _frame: _early_stops.append(signum))
     signal.signal(signal.SIGHUP, lambda signum, _frame: _early_reloads.append(signum))
-    # A reload re-executes with these blocked (serve): one sent while the new interpreter
-    # started waited, pending, and arrives here (a stop then stops it at once).
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
+    # From here until the daemon runs (Daemon.run unblocks them in the main thread), a stop or
+    # reload waits, blocked, as one sent during a reload's restart already does (serve): every
+    # thread started meanwhile (native pools at import, the daemon's own) inherits the block,
+    # so the main thread alone takes them; one taken by another thread had its handler run
+    # too late to stop a restart. A blocked signal also reaches a container's PID 1.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-from pathlib import Path  # noqa: E402
 
-from edge.config import ConfigError, EdgeConfig, load_config, read_config_file  # noqa: E402
+from edge.config import (  # noqa: E402
+    MAX_CONFIG_BYTES,
+    ConfigError,
+    ConfigFile,
+    EdgeConfig,
+    load_config,
+)
 from edge.config.camera import mask_urls  # noqa: E402
 from edge.emotions import ModelError  # noqa: E402
 
@@ -47,6 +56,7 @@ EXIT_CONFIG = 2
 # The descriptor of the configuration a reload checked, for the process it restarts (an
 # in-memory file, inherited across the exec): see ConfigFile. Not EDGE_*, which are settings.
 CHECKED_CONFIG_FD = "_EDGE_EMOTION_CHECKED_CONFIG_FD"
+CHECKED_CONFIG_NAME = "edge-emotion-config"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,38 +105,21 @@ def parser() -> argparse.ArgumentParser:
 
 def run_daemon(args: argparse.Namespace) -> int:
     source = ConfigFile(args.config)
-    return serve(source.load(), source)
-
-
-class ConfigFile:
-    """The configuration file, read again at each reload. The process a reload restarts runs
-    with the bytes that reload checked, not with the file as it is by then: saved again during
-    the restart with a typo, it ended the service (exit 2, which systemd does not restart).
-    The file as saved is for the next reload, which checks it first."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.checked: bytes | None = None
-
-    def load(self) -> EdgeConfig:
-        return load_config(self.path, content=_inherited_config())
-
-    def reread(self) -> EdgeConfig:
-        content = read_config_file(self.path)
-        config = load_config(self.path, content=content)
-        self.checked = content
-        return config
+    return serve(source.load(_inherited_config()), source)
 
 
 def _inherited_config() -> bytes | None:
-    """The configuration the reload that started this process checked, if one did."""
+    """The configuration the reload that started this process checked, if one did: only from
+    the in-memory file reload_in_place made (the variable alone could name any descriptor)."""
     fd = os.environ.pop(CHECKED_CONFIG_FD, None)
-    if fd is None:
+    if fd is None or not fd.isdigit():
         return None
     try:
+        if not os.readlink(f"/proc/self/fd/{fd}").startswith(f"/memfd:{CHECKED_CONFIG_NAME} "):
+            return None
         with open(int(fd), "rb") as file:
-            return file.read()
-    except (OSError, ValueError):  # not ours after all: the file is read as usual
+            return file.read(MAX_CONFIG_BYTES + 1)
+    except OSError:  # not ours after all: the file is read as usual
         return None
 
 
@@ -144,8 +137,13 @@ def serve(config: EdgeConfig, source: ConfigFile | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Until the daemon runs, the stop and reload signals wait, blocked, in every thread (the
+    # interpreter's and the readers' threads start with this mask): then only the main thread,
+    # which unblocks them, can take one, and one that comes after the run is not lost to a
+    # thread whose handler runs too late to stop a restart (below).
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     tune_opencv(len(config.cameras))
-    daemon = Daemon(config, reread=source.reread if source else None)
+    daemon = Daemon(config, source=source)
     daemon.install_signal_handlers()
     if _early_stops:
         logging.getLogger("edge").info("stopped while starting (SIGTERM)")
@@ -155,9 +153,9 @@ def serve(config: EdgeConfig, source: ConfigFile | None = None) -> int:
     code = daemon.run()
     # From here a stop or another reload waits, blocked; across a restart it reaches the new
     # process as it starts (a stop then stops it at once): a stop is never lost to a reload.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
-    if daemon.reload_requested and source is not None:
-        reload_in_place(source.checked)
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if daemon.reload_requested:
+        reload_in_place(source.checked if source else None)
     # Threads may still be inside native code: a reader blocked in OpenCV/FFmpeg (up to its
     # read timeout), a live-view request in cv2.imencode, OpenCV's own pool. Interpreter
     # finalisation tears them down and can abort the process ("terminate called without an
@@ -180,7 +178,7 @@ def reload_in_place(checked: bytes | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if checked is not None:
-        fd = os.memfd_create("edge-emotion-config", 0)  # without MFD_CLOEXEC: inherited
+        fd = os.memfd_create(CHECKED_CONFIG_NAME, 0)  # without MFD_CLOEXEC: inherited
         os.set_inheritable(fd, True)
         with open(fd, "wb", closefd=False) as file:
             file.write(checked)

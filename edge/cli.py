@@ -64,6 +64,10 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+# Stop (SIGTERM, SIGINT) and reload (SIGHUP): the daemon's main thread alone takes them.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+
 class Interrupts:
     """Ctrl-C ends a command in one line and exit code 130, never a traceback, from its
     first import on: made at the top of a ``__main__``, before the heavy imports.

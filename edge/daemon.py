@@ -13,10 +13,11 @@ from typing import TypeVar
 
 import cv2
 
+from edge.cli import STOP_SIGNALS
 from edge.comms import Publisher
 from edge.comms.mqtt import MqttPublisher
 from edge.comms.stdout import StdoutPublisher
-from edge.config import ConfigError, EdgeConfig
+from edge.config import ConfigError, ConfigFile, EdgeConfig
 from edge.emotions import EmotionClassifier, ModelError
 from edge.faces import FaceDetector, FaceScanner
 from edge.metrics import Metrics
@@ -40,11 +41,11 @@ class Daemon:
         config: EdgeConfig,
         publisher: Publisher | None = None,
         notifier: Notifier | None = None,
-        reread: Callable[[], EdgeConfig] | None = None,
+        source: ConfigFile | None = None,
     ) -> None:
         self.config = config
-        # Reads the configuration again for a reload; one that fails is refused there.
-        self.reread = reread
+        # The file read again for a reload; one that fails a check is refused there.
+        self.source = source
         self.publisher = publisher or make_publisher(config)
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
@@ -116,6 +117,9 @@ class Daemon:
         self.pool.start()
         for reader in self.readers:
             reader.start()
+        # Every thread is started, with the stop and reload signals blocked (edge.__main__):
+        # the main thread alone takes them from here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         self.notifier.ready()
         log.info("running %d camera(s) as %s", len(self.readers), self.config.device_id)
         code = self._supervise()
@@ -163,15 +167,13 @@ class Daemon:
         the service flap. What a restart fixes is a hang: the analysis taking no camera in
         turn (a worker stuck), or a reader stuck in FFmpeg/OpenCV past its timeouts."""
         now = time.monotonic()
-        # Workers take each camera at least every IDLE_TICK_S without a frame, or at its fps
-        # with frames; pings stop half a WatchdogSec after the turn of the camera that has
-        # waited longest (a worker stuck on one camera leaves it waiting, whatever the others).
-        limit = (self.notifier.watchdog_interval or 1.0) + max(
-            1 / c.fps for c in self.config.cameras
-        )
-        idle = now - min((c.last_tick for c in self.cameras if not c.done), default=now)
-        if idle >= max(limit, 2.0):
-            return idle - max(limit, 2.0), "the analysis has taken no camera in turn"
+        # Workers take each camera at least every IDLE_TICK_S without a frame, or at its own
+        # fps cap with frames; pings stop once a camera has waited half a WatchdogSec past its
+        # turn (a worker stuck on one camera leaves it waiting, whatever the others).
+        limit = max(self.notifier.watchdog_interval or 1.0, 2.0)
+        late = max((now - c.last_tick - c.interval for c in self.cameras if not c.done), default=0)
+        if late >= limit:
+            return late - limit, "the analysis has taken no camera in turn"
         for reader in self.readers:
             if (stuck := reader.stuck_for(now)) > 0:
                 return stuck, f"camera {reader.camera.name}: its reader is stuck in FFmpeg/OpenCV"
@@ -216,9 +218,9 @@ class Daemon:
     def request_reload(self) -> None:
         """Restart in place, but only into a configuration that loads: a typo saved before
         reload must not take every camera down (exit 2 is not restarted)."""
-        if self.reread is not None:
+        if self.source is not None:
             try:
-                config = self.reread()
+                config = self.source.reread()
                 EmotionClassifier(config.model.path)  # the model start-up would load
                 self._check_new_ports(config)
             except (ConfigError, ModelError) as error:
@@ -234,6 +236,8 @@ class Daemon:
                 return
         if self.stop_requested.is_set() and not self.reload_requested:
             return  # stopping: a reload now would undo the stop
+        if self.source is not None:
+            self.source.accept()
         log.info("reload: the configuration checks out; stopping to restart with it")
         self.reload_requested = True
         self.stop_requested.set()

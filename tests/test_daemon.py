@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -483,6 +484,39 @@ def test_a_hung_broker_is_one_warning(broker, daemons):
     assert len(warnings) == 1 and "MQTT disconnected" in warnings[0], daemon.log()
 
 
+def test_after_a_lost_session_a_port_that_is_no_broker_is_still_said(broker, daemons):
+    """The broker goes and something else takes its port (it accepts, then closes: another
+    service, a proxy without its backend): that is said, once, after the drop's warning."""
+    daemon = daemons(
+        {
+            "cameras": [{"name": "clip", "source": str(CLIP), "loop": True}],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 1},
+        }
+    )
+    daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 1, timeout=20)
+    broker.stop()
+    daemon.wait_metric("edge_emotion_mqtt_connected", lambda v: v == 0, timeout=20)
+    impostor = socket.create_server(("127.0.0.1", broker.port))
+    stop = threading.Event()
+
+    def accept_and_close() -> None:
+        impostor.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                impostor.accept()[0].close()
+
+    thread = threading.Thread(target=accept_and_close, daemon=True)
+    thread.start()
+    try:
+        daemon.wait_log(lambda text: "closed the connection before accepting" in text, 30)
+    finally:
+        stop.set()
+        thread.join()
+        impostor.close()
+    assert daemon.stop() == 0
+    assert daemon.log().count("closed the connection before accepting") == 1
+
+
 def test_a_state_in_flight_when_the_broker_hangs_never_makes_a_later_event_delivered(tmp_path):
     """A camera state in flight when the broker hangs is sent again by paho at the reconnect;
     its acknowledgement was kept as an event's that came early, and once the message ids went
@@ -850,7 +884,11 @@ def test_an_analysis_that_takes_no_camera_in_turn_is_restarted(tmp_path, daemons
     sock, address = watchdog_socket(tmp_path)
     daemon = daemons(
         {
-            "cameras": [{"name": "door", "source": str(CLIP), "loop": True, "fps": 5}],
+            "cameras": [
+                {"name": "door", "source": str(CLIP), "loop": True, "fps": 5},
+                # A camera that is due only every 100 s must not hide the other's wait.
+                {"name": "still", "source": str(CLIP), "loop": True, "fps": 0.01},
+            ],
             "detector": {"scale_factor": 1.001, "min_size": 8},
         },
         env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"},

@@ -50,6 +50,34 @@ def test_demo_runs_without_camera_or_broker_and_prints_events(tmp_path):
     assert (tmp_path / "edge-emotion" / "astronaut-demo.avi").stat().st_size > 100_000
 
 
+def test_the_demo_restarts_on_sighup(tmp_path):
+    """A reload of the demo (no configuration file: nothing to re-read) restarts it, as it
+    does the daemon; it ended the demo instead."""
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp_path),
+        "EDGE_METRICS__PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log = tmp_path / "demo.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge", "demo"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=log.open("w"), text=True,
+    )  # fmt: skip
+    try:
+        assert json.loads(proc.stdout.readline())["event"] == "start"
+        proc.send_signal(signal.SIGHUP)
+        for line in proc.stdout:  # the first run's ends, then the restarted demo's start
+            if json.loads(line)["event"] == "start":
+                break
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+    assert "SIGHUP: restarting" in log.read_text()
+
+
 def test_analyze_prints_one_json_line_per_face(tmp_path):
     result = run_cli("edge", "analyze", CLIP, "--json")
     assert result.returncode == 0, result.stderr[-2000:]

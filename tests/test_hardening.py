@@ -228,16 +228,18 @@ def test_sighup_restarts_in_place_with_the_configuration_reread(tmp_path):
     assert "Traceback" not in text
 
 
+def signal_set(status: Path, field: str) -> int:
+    """A signal set of a /proc status file (SigCgt: caught, SigBlk: blocked), as bits."""
+    line = next(line for line in status.read_text().splitlines() if line.startswith(field + ":"))
+    return int(line.split()[1], 16)
+
+
 def catching(pid: int, signum: int, timeout: float = 30) -> None:
     """Until the process has a handler for ``signum`` (its /proc status says so): a signal sent
     before that tests the interpreter's start, not the daemon's."""
     deadline = time.monotonic() + timeout
     while True:
-        status = Path(f"/proc/{pid}/status").read_text()
-        caught = int(
-            next(line for line in status.splitlines() if line.startswith("SigCgt:"))[7:], 16
-        )
-        if caught >> (signum - 1) & 1:
+        if signal_set(Path(f"/proc/{pid}/status"), "SigCgt") >> (signum - 1) & 1:
             return
         assert time.monotonic() < deadline, f"no handler for signal {signum} in {timeout} s"
         time.sleep(0.01)
@@ -308,6 +310,90 @@ def test_a_configuration_saved_again_during_a_reload_waits_for_the_next_one(
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.wait_log(lambda text: "reload refused" in text, timeout=30)
     assert daemon.stop() == 0
+
+
+def test_a_reload_refused_during_another_leaves_the_checked_configuration(
+    broker,  # noqa: F811
+    daemons,  # noqa: F811
+    tmp_path,
+):
+    """A second SIGHUP during a reload's restart, into a file whose model start-up would
+    refuse: refused, and the restart runs with what the first reload checked (the refused
+    file's bytes were handed over, and the restarted process exited 2)."""
+    daemon = reloading_slowly(broker, daemons)
+    model = tmp_path / "bare.tflite"
+    model.write_bytes(b"\0\0\0\0TFL3" + bytes(64))
+    camera = {"name": "clip", "source": str(CLIP), "loop": True, "fps": 5}
+    daemon.config.write_text(yaml.safe_dump({"cameras": [camera], "model": {"path": str(model)}}))
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_log(lambda text: "reload refused" in text, timeout=10)
+    daemon.wait_log(lambda text: "SIGHUP: restarting" in text, timeout=10)
+    broker.thaw()
+    processed = 'edge_emotion_frames_processed_total{camera="clip"}'
+    daemon.wait_metric(processed, lambda v: v >= 1, timeout=30)  # the restarted process
+    assert daemon.stop() == 0
+
+
+def test_after_a_reload_a_daemon_started_under_another_name_still_stops(tmp_path):
+    """Started by a launcher of its own (``python -c``, a renamed script): after a reload the
+    stop and reload signals stayed blocked, and systemd had to kill it at the stop timeout."""
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"cameras": [CAMERA], "metrics": {"enabled": False}}))
+    run = ["run", "--config", str(path)]
+    launcher = f"import sys; from edge.__main__ import main; sys.exit(main({run!r}))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=(tmp_path / "daemon.log").open("w"), text=True,
+    )  # fmt: skip
+    try:
+        assert '"event"' in proc.stdout.readline()
+        proc.send_signal(signal.SIGHUP)
+        while "SIGHUP: restarting" not in (tmp_path / "daemon.log").read_text():  # polled
+            assert proc.poll() is None
+            time.sleep(0.05)
+        for line in proc.stdout:  # the restarted process's events
+            if '"event":"start"' in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+
+
+def test_only_the_main_thread_takes_stop_and_reload_signals(daemons):  # noqa: F811
+    """A stop taken by another thread ran its handler late: after the reload had decided to
+    restart, and the stop was lost. Every other thread has them blocked."""
+    daemon = daemons({"cameras": [CAMERA]})
+    daemon.wait_metric('edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 1, 30)
+    wanted = (1 << (signal.SIGHUP - 1)) | (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    pid = daemon.proc.pid
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        blocked = signal_set(task / "status", "SigBlk")
+        assert (blocked & wanted == 0) == (int(task.name) == pid), (task.name, hex(blocked))
+    assert daemon.stop() == 0
+
+
+def test_a_descriptor_variable_that_is_not_a_reloads_is_ignored(tmp_path):
+    """The variable that hands a reload's checked configuration to the restarted process,
+    set by someone else to another descriptor (here standard input, holding another
+    configuration): the daemon reads its file, and leaves the descriptor alone."""
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"cameras": [CAMERA], "metrics": {"enabled": False}}))
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({"cameras": [{**CAMERA, "name": "injected"}]}))
+    with other.open() as stdin:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge", "run", "--config", str(path)], cwd=ROOT, stdin=stdin,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "_EDGE_EMOTION_CHECKED_CONFIG_FD": "0"},
+        )  # fmt: skip
+    try:
+        first = json.loads(proc.stdout.readline() or "{}")
+        assert first.get("camera") == "clip", proc.stderr.read() if proc.poll() else first
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
 
 
 @pytest.mark.parametrize("broken", ["fps", "model", "port"])

@@ -122,6 +122,7 @@ class MqttPublisher:
             client.tls_set_context(self._tls)  # also takes check_hostname (tls.insecure) from it
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
+        client.on_pre_connect = self._on_pre_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
@@ -486,9 +487,11 @@ class MqttPublisher:
             self._last_announce = time.monotonic()
         self.announce()
 
+    def _on_pre_connect(self, client: mqtt.Client, userdata: object) -> None:
+        self._lost = False  # a new attempt: what ends it is its own story
+
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         """paho retries silently: say once per outage why, or a typo in a CA path stays hidden."""
-        self._lost = False  # a new attempt: what ends it is its own story
         if self._connect_warned or self._closing:
             return
         self._connect_warned = True

@@ -39,6 +39,7 @@ from edge.config.section import Section, refuse_boolean
 __all__ = [
     "CameraConfig",
     "ConfigError",
+    "ConfigFile",
     "EdgeConfig",
     "HomeAssistantConfig",
     "MqttConfig",
@@ -280,6 +281,32 @@ def load_config(
             f"{where}cannot read {error.filename}: {error.strerror} "
             "(is it readable by the daemon's user?)"
         ) from None
+
+
+class ConfigFile:
+    """The configuration file, read again at each reload. The process a reload restarts runs
+    with the bytes that passed every check of that reload (``checked``), not with the file as
+    it is by then: saved again during the restart with a typo, it ended the service (exit 2,
+    which systemd does not restart). The file as saved is for the next reload, checked first."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.checked: bytes | None = None  # of the last reload whose every check passed
+        self._candidate: bytes | None = None
+
+    def load(self, content: bytes | None = None) -> EdgeConfig:
+        return load_config(self.path, content=content)
+
+    def reread(self) -> EdgeConfig:
+        """The file as it is now, valid; the daemon's own checks (model, ports) follow."""
+        content = read_config_file(self.path)
+        config = load_config(self.path, content=content)
+        self._candidate = content
+        return config
+
+    def accept(self) -> None:
+        """Every check passed: a restart now runs with what ``reread`` read."""
+        self.checked = self._candidate
 
 
 def _refuse_unknown_variables() -> None:
