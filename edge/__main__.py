@@ -15,13 +15,12 @@ from edge.cli import (  # light: before the heavy imports
     prog,
 )
 
-# A reload (SIGHUP) that arrives while the daemon starts, before its own handlers exist, would
-# end the process by default: a second reload (SIGHUP) within a second of the first left the
-# service dead. Remembered from the first moment instead, and acted on once running.
+# A reload (SIGHUP) or a stop (SIGTERM) that arrives while the daemon starts waits, blocked
+# (below), until it runs. One in the instant before the block is remembered here and acted on
+# then: by default SIGHUP would end the process (a second reload within a second of the first
+# left the service dead), and as a container's PID 1 the process would ignore a default-handled
+# SIGTERM (`docker stop` would wait its 10 s and kill it).
 _early_reloads: list[int] = []
-# A stop (SIGTERM) in that time is remembered too: as a container's PID 1 the process would
-# ignore it (the kernel drops default-handled signals to init), and `docker stop` would wait
-# its 10 s and kill it. Acted on as soon as the daemon exists: nothing is accepted yet.
 _early_stops: list[int] = []
 
 # `python -m edge` or the console script (which imports this module under its own name).
@@ -178,12 +177,13 @@ def reload_in_place(checked: bytes | None) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     if checked is not None:
-        fd = os.memfd_create(CHECKED_CONFIG_NAME, 0)  # without MFD_CLOEXEC: inherited
-        os.set_inheritable(fd, True)
-        with open(fd, "wb", closefd=False) as file:
-            file.write(checked)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.environ[CHECKED_CONFIG_FD] = str(fd)
+        with contextlib.suppress(OSError):  # no memfd (a sandbox): the file is read again
+            fd = os.memfd_create(CHECKED_CONFIG_NAME, 0)  # without MFD_CLOEXEC: inherited
+            os.set_inheritable(fd, True)
+            with open(fd, "wb", closefd=False) as file:
+                file.write(checked)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.environ[CHECKED_CONFIG_FD] = str(fd)
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
