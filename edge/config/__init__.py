@@ -45,7 +45,6 @@ __all__ = [
     "MqttConfig",
     "TlsConfig",
     "load_config",
-    "read_config_file",
 ]
 
 
@@ -254,11 +253,11 @@ def load_config(
     content: bytes | None = None,
 ) -> EdgeConfig:
     """Read the YAML file (or ``defaults``), apply ``EDGE_*`` variables, validate everything.
-    ``content``: the file's bytes as read before (``read_config_file``), named by ``path``."""
+    ``content``: the file's bytes as read before (``_read_config_file``), named by ``path``."""
     raw: dict[str, Any] = dict(defaults or {})
     if path is not None:
         path = Path(path)
-        raw = _parse_yaml(path, read_config_file(path) if content is None else content)
+        raw = _parse_yaml(path, _read_config_file(path) if content is None else content)
     where = f"{path}: " if path else ""
     _refuse_unknown_variables()
     raw = _camera_variables(raw)
@@ -299,7 +298,7 @@ class ConfigFile:
 
     def reread(self) -> EdgeConfig:
         """The file as it is now, valid; the daemon's own checks (model, ports) follow."""
-        content = read_config_file(self.path)
+        content = _read_config_file(self.path)
         config = load_config(self.path, content=content)
         self._candidate = content
         return config
@@ -400,7 +399,7 @@ def _sets(value: str, keys: list[str]) -> bool:
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def read_config_file(path: Path) -> bytes:
+def _read_config_file(path: Path) -> bytes:
     """The configuration file's bytes; a problem reading it is a ConfigError naming it."""
     try:
         with path.open("rb") as file:
