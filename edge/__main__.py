@@ -11,6 +11,7 @@ from edge.cli import (  # light: before the heavy imports
     STOP_SIGNALS,
     Interrupts,
     OneLineParser,
+    flush_output,
     path_argument,
     prog,
 )
@@ -161,9 +162,7 @@ def serve(config: EdgeConfig, source: ConfigFile | None = None) -> int:
     # active exception", exit -6, seen under HTTP load). Every event is flushed or spooled by
     # now, so leave without finalising.
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a reader of the events that has left
-            stream.flush()
+    flush_output()
     os._exit(code)
 
 

@@ -109,7 +109,13 @@ def _exit_interrupted() -> NoReturn:
     through ``PyRun_String`` sets CPython's "uncaught Ctrl-C" flag although it is caught here,
     and ``python -m`` then ends the process by SIGINT after ``sys.exit(130)``: status -2, seen
     in CI when Ctrl-C hit TensorFlow's import."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
-            stream.flush()
+    flush_output()
     os._exit(130)
+
+
+def flush_output() -> None:
+    """Flush stdout and stderr before ``os._exit``, which does not; a reader that has left
+    (a closed pipe) is no error: nothing more can be said to it."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
