@@ -92,13 +92,25 @@ class Interrupts:
 
     def run(self, command: Callable[[list[str]], int], argv: list[str]) -> int:
         self.running = True
+        sys.unraisablehook = self._unraisable
         try:
-            return command(argv)
+            code = command(argv)
         except BaseException as error:
             if not (isinstance(error, KeyboardInterrupt) or self.seen):
                 raise
-            print(f"{self._name(argv)}: interrupted", file=sys.stderr)
-            _exit_interrupted()
+            self._interrupted(argv)
+        if self.seen:  # raised where CPython swallows it: "Exception ignored in ..." (a finaliser)
+            self._interrupted(argv)
+        return code
+
+    def _unraisable(self, unraisable: sys.UnraisableHookArgs) -> None:
+        """Our interrupt swallowed by a finaliser is said once, at the end, not as a trace."""
+        if not (unraisable.exc_type is KeyboardInterrupt and self.seen):
+            sys.__unraisablehook__(unraisable)
+
+    def _interrupted(self, argv: list[str]) -> NoReturn:
+        print(f"{self._name(argv)}: interrupted", file=sys.stderr)
+        _exit_interrupted()
 
     def _name(self, argv: list[str]) -> str:
         return " ".join([self.tool, *argv[:1]])

@@ -776,6 +776,43 @@ def test_ctrl_c_inside_an_extensions_own_python_code_still_exits_130(tmp_path):
     assert (run.returncode, stderr) == (130, "tool x: interrupted\n")
 
 
+def test_ctrl_c_that_lands_in_a_finaliser_still_ends_the_command_with_130(tmp_path):
+    """CPython swallows an exception raised in a ``__del__`` ("Exception ignored in ...") and
+    the command ran on to exit 0 (seen under load when Ctrl-C came early in ``convert
+    evaluate``): a script would take an interrupted run for a finished one. Said in one line,
+    not as CPython's report of the swallowed exception."""
+    (tmp_path / "finaliser.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            import signal
+            import sys
+            import time
+
+            from edge.cli import Interrupts
+
+            class Closing:
+                def __del__(self):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(1)  # the handler runs here, inside the finaliser
+
+            def command(argv):
+                Closing()
+                print("ran on", flush=True)
+                return 0
+
+            sys.exit(Interrupts("tool").run(command, ["x"]))
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "finaliser"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert result.stdout == "ran on\n"  # the interrupt was swallowed in the finaliser
+    assert (result.returncode, result.stderr) == (130, "tool x: interrupted\n")
+
+
 def test_an_interrupted_run_keeps_the_model_at_out_and_resumes(tmp_path):
     """Ctrl-C after the first checkpoint: the model and log already at --out are untouched, the
     user is told where the partial checkpoint is, and the same command resumes and finishes."""
