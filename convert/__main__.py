@@ -5,17 +5,21 @@ from __future__ import annotations
 import os
 import sys
 
-from edge.cli import Interrupts, OneLineParser, path_argument, prog, unwritable
+from edge.cli import Interrupts, OneLineParser, name_max, path_argument, prog, unwritable
 
 # `python -m convert` or the console script. Ctrl-C: one line, also while TensorFlow imports.
 _COMMAND_LINE = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "edge-emotion-convert"
 _INTERRUPTS = Interrupts("convert") if _COMMAND_LINE else None
 
 import argparse  # noqa: E402
+import re  # noqa: E402
 from dataclasses import fields  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from convert import EMOTIONS, ConvertError, quiet_tensorflow  # noqa: E402
+
+# The longest name made beside an output, over its stem: adjust's ".STEM.adjusting.history.json".
+DERIVED_NAME_EXTRA = 24
 
 # What ``evaluate --plot`` can write (matplotlib picks the format from the suffix).
 PLOT_FORMATS = (".png", ".pdf", ".svg")
@@ -295,10 +299,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from convert.data import load_split
+    from convert.data import is_class_folder, load_split
     from convert.pack import SPLITS, pack
 
     _output_file(args.out, ".npz", "the packed file")
+    if is_class_folder(Path(args.data)):
+        raise ConvertError(
+            f"--data {args.data}: a folder of emotion folders holds one split only; pack needs "
+            "both: a folder with train/ and val/, or a fer2013 .csv"
+        )
     splits = {name: load_split(args.data, usage, args.votes) for name, usage in SPLITS.items()}
     size = pack(splits, args.out)
     counts = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
@@ -426,6 +435,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(format_report(report, shown), flush=True)
     if args.plot:  # after the report: a plot that cannot be written loses no evaluation
         try:
+            args.plot.parent.mkdir(parents=True, exist_ok=True)
             plot_confusion(report, args.plot, shown)
         except OSError as error:
             raise ConvertError(
@@ -446,6 +456,7 @@ def _without_effect(*flags: tuple[str, object, object, bool, str]) -> None:
 def _output_file(out: Path, suffix: str, what: str, model: Path | None = None) -> None:
     """``--out`` checked before any work: its suffix, not a folder, not the input model (which
     a failed write would destroy)."""
+    _local("--out", out)
     if out.suffix != suffix:
         raise ConvertError(f"--out {out}: {what} must end in {suffix}")
     if out.is_dir():
@@ -455,15 +466,32 @@ def _output_file(out: Path, suffix: str, what: str, model: Path | None = None) -
     _writable("--out", out)
 
 
+def _local(flag: str, path: Path) -> None:
+    """A URL (``http://user:pass@host/m.tflite``) is refused, not made into local folders
+    named after the host, with its password printed in "saved to ..." (errors are masked)."""
+    from edge.config.camera import SCHEME_NAME
+
+    if re.match(rf"{SCHEME_NAME}:/", str(path)):
+        raise ConvertError(f"{flag} {path}: a URL; the toolchain writes local files")
+
+
 def _writable(flag: str, path: Path) -> None:
-    """Said before minutes or hours of work, not when their result is saved."""
+    """Said before minutes or hours of work, not when their result is saved: also a name too
+    long for the files made beside it (``.NAME.partial.npz``), which failed only then."""
     why = unwritable(path)
     if why is not None:
         raise ConvertError(f"{flag} {path}: cannot be written: {why}")
+    longest = name_max(path) - DERIVED_NAME_EXTRA
+    if len(os.fsencode(path.stem)) > longest:
+        raise ConvertError(
+            f"{flag} {path}: the name is too long: the files written beside it need its stem "
+            f"to be at most {longest} bytes on this file system"
+        )
 
 
 def _plot_destination(path: Path) -> None:
     """Checked before minutes of evaluation: the format, and a folder the plot can go in."""
+    _local("--plot", path)
     if path.suffix.lower() not in PLOT_FORMATS:
         raise ConvertError(f"--plot {path}: must end in {', '.join(PLOT_FORMATS)}")
     try:
@@ -471,8 +499,7 @@ def _plot_destination(path: Path) -> None:
             raise ConvertError(f"--plot {path}: is a folder; give a file name")
     except OSError as error:  # a name too long for the file system
         raise ConvertError(f"--plot {path}: {error.strerror or error}") from None
-    _writable("--plot", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _writable("--plot", path)  # its missing folders are made once there is a plot to save
 
 
 if __name__ == "__main__":

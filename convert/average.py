@@ -39,6 +39,10 @@ def average(models: list[Path], out: Path, inputs: Inputs | None = None) -> dict
         raise ConvertError("--model: give two or more models to average")
     if out.suffix != ".keras":
         raise ConvertError(f"--out {out}: the model file must end in .keras")
+    resolved = [m.resolve() for m in models]
+    if twice := [m for i, m in enumerate(models) if resolved[i] in resolved[:i]]:
+        # A model named twice weighs double, and given alone twice it is no soup at all.
+        raise ConvertError(f"--model {twice[0]}: named twice; give each fine-tune once")
     if out.resolve() in {m.resolve() for m in models}:
         raise ConvertError(f"--out {out}: is one of the models (--model); give another name")
     records = [_record(path, training_record(path)) for path in models]

@@ -128,6 +128,26 @@ def load_split(
     return _with_path_votes(split, found, required=False) if found else split
 
 
+def check_separate_splits(data: str, val_data: str | None, otherwise: str) -> None:
+    """A folder of emotion folders holds one split only: taken as val too (no ``--val-data``,
+    or the same folder through ``..``, a trailing slash or a symlink), the training faces
+    would be scored as val faces, which would ``otherwise``. A CSV or a folder of splits is
+    fine: each split is taken from its own rows or subfolder."""
+    if not is_class_folder(Path(data)):
+        return
+    if val_data is None:
+        raise ConvertError(
+            f"{data}: a folder of emotion folders holds one split only, so there is nothing to "
+            f"validate on (it would {otherwise}): pass --val-data with a separate folder "
+            "(FER2013's PublicTest)"
+        )
+    if Path(data).resolve() == Path(val_data).resolve():
+        raise ConvertError(
+            f"--val-data {val_data}: is the training folder (--data {data}); validating on the "
+            f"training faces would {otherwise}: pass a separate folder (FER2013's PublicTest)"
+        )
+
+
 def is_class_folder(folder: Path) -> bool:
     """A folder of emotion folders (one split), as opposed to a folder of splits."""
     if not folder.is_dir():
@@ -184,6 +204,9 @@ def _load_class_folder(folder: Path, usage: str | None) -> Split:
             )
         for image in sorted(entry.iterdir()):
             if image.name.startswith("."):  # hidden: macOS's ._face.jpg is not a face
+                continue
+            if image.is_dir():  # its faces are not read: said, as other skipped files are
+                not_images.append("folders")
                 continue
             if image.suffix.lower() not in IMAGE_SUFFIXES:
                 not_images.append(image.suffix.lower() or "no extension")

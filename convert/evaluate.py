@@ -81,7 +81,7 @@ def evaluate(
 
 def load_predictor(path: Path) -> tuple[Predict, Predict]:
     """(batch predictor, single-face predictor on one thread) for a .tflite or .keras model."""
-    if path.suffix == ".keras":
+    if path.suffix.lower() == ".keras":
         return _keras_predictor(path)
     if why := not_a_file(path, "model file"):
         raise ConvertError(f"{path}: {why}")

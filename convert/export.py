@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from convert import EMOTIONS, FACE_SIZE, ConvertError, quiet_tensorflow
-from convert.data import Split, load_split
+from convert.data import Split, check_separate_splits, load_split
 from convert.labels import accuracies, labellings, selection_score
 from convert.litert import BATCH, in_litert_process, predict_tflite
 from convert.recipe import QatRecipe, Recipe
@@ -57,11 +57,11 @@ class Inputs:
         data = self.data or _recorded(model_path, record, "path", "--data")
         if not data:
             raise ConvertError(f"{model_path}: no training record names its data; pass --data")
-        val_data = (
-            self.val_data
-            or (None if self.data else _recorded(model_path, record, "val_path", "--val-data"))
-            or data
+        val_data = self.val_data or (
+            None if self.data else _recorded(model_path, record, "val_path", "--val-data")
         )
+        check_separate_splits(data, val_data, "score the model on the faces it learnt")
+        val_data = val_data or data
         votes = self.votes or (
             None if self.data else _recorded(model_path, record, "votes", "--votes")
         )
@@ -341,6 +341,12 @@ def check_keras_file(path: Path, flag: str = "") -> str:
     name = f"{flag} {path}" if flag else str(path)
     if why := not_a_file(path, "model file"):
         raise ConvertError(f"{name}: {why}")
+    try:
+        path.open("rb").close()
+    except OSError as error:  # is_zipfile below would take "Permission denied" for "not a zip"
+        raise ConvertError(f"{name}: {error.strerror or error}") from None
+    if path.suffix.lower() == ".keras" and path.suffix != ".keras":
+        raise ConvertError(f"{name}: Keras reads only names ending in .keras (lower case)")
     if path.suffix == ".keras" and not zipfile.is_zipfile(path):
         # Keras says "File not found" for a file that is there but not a zip archive.
         raise ConvertError(f"{name}: not a Keras model file (a .keras file is a zip archive)")
@@ -376,7 +382,36 @@ def training_record(model_path: Path) -> dict:
         raise ConvertError(f"{path}: not a readable training log ({error})") from None
     if not isinstance(record, dict):
         raise ConvertError(f"{path}: not a training log (expected a JSON object)")
+    if why := _log_problem(record):
+        raise ConvertError(f"{path}: not a valid training log: {why}")
     return record
+
+
+# Where the toolchain reads a training log's fields: each must be what it is read as.
+LOG_MAPPINGS = ("recipe", "data", "adjusted")
+LOG_PATHS = ("path", "val_path", "votes", "train", "val", "init")
+
+
+def _log_problem(record: dict) -> str | None:
+    """What an edited log (``"data": "x"``) gets wrong, or None: read as it is, it ended in an
+    AttributeError, after a whole conversion in ``export``."""
+    for key in LOG_MAPPINGS:
+        if not isinstance(record.get(key, {}), dict):
+            return f"{key!r} is not a mapping"
+    data = record.get("data", {})
+    for key in LOG_PATHS:
+        if not isinstance(data.get(key) or "", str):
+            return f"data.{key} is not a path"
+    teachers = data.get("teachers", [])
+    if not (isinstance(teachers, list) and all(isinstance(t, str) for t in teachers)):
+        return "data.teachers is not a list of paths"
+    shift = record.get("adjusted", {}).get("logit_shift")
+    if shift is not None and not (
+        isinstance(shift, dict)
+        and all(type(shift.get(e)) in (int, float) and np.isfinite(shift[e]) for e in EMOTIONS)
+    ):
+        return f"adjusted.logit_shift is not a number for each of {', '.join(EMOTIONS)}"
+    return None
 
 
 def recorded_recipe(model_path: Path, history: dict) -> Recipe:

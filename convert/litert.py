@@ -33,8 +33,15 @@ def in_litert_process(function: Callable[..., T], *args: object) -> T:
     with ProcessPoolExecutor(
         max_workers=1, mp_context=context, initializer=_dies_quietly_on_interrupt
     ) as pool:
+        # The worker starts (at submit) with Ctrl-C blocked, as the signal mask is inherited,
+        # so none lands while it imports; here it stays pending until unblocked just after.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            return pool.submit(function, *args).result()
+            future = pool.submit(function, *args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        try:
+            return future.result()
         except BrokenProcessPool:
             raise ConvertError("the LiteRT interpreter crashed while running the model") from None
         except ModelError as error:  # the worker's, re-raised here: the user's file, said so
@@ -43,8 +50,10 @@ def in_litert_process(function: Callable[..., T], *args: object) -> T:
 
 def _dies_quietly_on_interrupt() -> None:
     """Ctrl-C reaches the worker too (one process group): it ends without a traceback of its
-    own, and the toolchain says "interrupted" once."""
+    own, and the toolchain says "interrupted" once. Blocked until here: one sent while the
+    worker imported (this module, numpy) printed the import's traceback."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def predict_tflite(path: Path, images: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ def pack(splits: dict[str, Split], out: Path) -> int:
     for name, split in splits.items():
         arrays[f"{name}_images_xz"] = _xz(np.ascontiguousarray(split.images).tobytes())
         arrays[f"{name}_labels"] = split.labels.astype(np.int8)
-        arrays[f"{name}_keys_xz"] = _xz("\n".join(split.keys).encode())
+        arrays[f"{name}_keys_xz"] = _xz(_joined(split))
     out.parent.mkdir(parents=True, exist_ok=True)
     # An interrupted or failed write (Ctrl-C, disk full) leaves no 50 MB half-file behind.
     write_aside(out, lambda partial: _savez(partial, arrays))
@@ -67,6 +67,17 @@ def _vote_counts(split: Split) -> np.ndarray:
     return votes.astype(np.uint8)
 
 
+def _joined(split: Split) -> bytes:
+    """The keys, one per line, as the file system's bytes (a name that is not UTF-8 included)."""
+    if odd := [key for key in split.keys if "\n" in key]:
+        raise ConvertError(f"{split.source}: a file name with a line break: {odd[0]!r}")
+    return "\n".join(split.keys).encode("utf-8", "surrogateescape")
+
+
+def _keys(array: np.ndarray) -> list[str]:
+    return _unxz(array).decode("utf-8", "surrogateescape").split("\n")
+
+
 def _xz(data: bytes) -> np.ndarray:
     return np.frombuffer(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME), np.uint8)
 
@@ -83,7 +94,7 @@ def unpack(path: Path, split: str) -> dict[str, np.ndarray]:
             "images": images.reshape(-1, FACE_SIZE, FACE_SIZE),
             "labels": packed[f"{split}_labels"].astype(np.int64),
             "votes": packed[f"{split}_votes"].astype(np.float32),
-            "keys": np.array(_unxz(packed[f"{split}_keys_xz"]).decode().split("\n")),
+            "keys": np.array(_keys(packed[f"{split}_keys_xz"])),
         }
 
 

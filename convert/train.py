@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from convert import EMOTIONS, ConvertError, write_aside
-from convert.data import Split, is_class_folder, load_split
+from convert.data import Split, check_separate_splits, load_split
 from convert.dataset import Targets, faces, targets_for, training_batches
 from convert.distill import check_teachers, teacher_predictions
 from convert.labels import accuracies, labellings, selection_score, training_targets
@@ -171,19 +171,9 @@ def load_weights(model: keras.Model, path: Path) -> None:
 def load_data(
     data: str, val_data: str | None, votes: str | None, recipe: Recipe
 ) -> tuple[Split, Split]:
-    """Train and val splits; a single folder of emotion folders has no val split of its own, and
-    validating on the training faces would choose checkpoints by memorisation: refused."""
-    if val_data is None and is_class_folder(Path(data)):
-        raise ConvertError(
-            f"{data}: a folder of emotion folders holds one split only, so there is nothing to "
-            "validate on: pass --val-data with a separate folder (FER2013's PublicTest)"
-        )
-    if val_data is not None and _same_class_folder(data, val_data):
-        raise ConvertError(
-            f"--val-data {val_data}: is the training folder (--data {data}); validating on the "
-            "training faces would choose checkpoints by memorisation: pass a separate folder "
-            "(FER2013's PublicTest)"
-        )
+    """Train and val splits; validating on the training faces would choose checkpoints by
+    memorisation (``check_separate_splits``)."""
+    check_separate_splits(data, val_data, "choose checkpoints by memorisation")
     train_split = load_split(data, "Training", votes)
     val_split = load_split(val_data or data, "PublicTest", votes)
     missing = [EMOTIONS[i] for i, n in enumerate(train_split.class_counts()) if n == 0]
@@ -202,14 +192,6 @@ def load_data(
             "FER2013's labels alone"
         )
     return train_split, val_split
-
-
-def _same_class_folder(data: str, val_data: str) -> bool:
-    """Both name one folder of emotion folders (through ``..``, a trailing slash or a symlink):
-    its faces would be both splits. A CSV or a folder of splits named twice is fine: each
-    split is taken from its own rows or subfolder."""
-    same = Path(data).resolve() == Path(val_data).resolve()
-    return same and is_class_folder(Path(data))
 
 
 def validation_schedule(recipe: Recipe) -> list[keras.callbacks.Callback]:

@@ -16,14 +16,28 @@ def unwritable(path: Path) -> str | None:
     """Why ``path`` cannot be written, or None: checked before the work whose result goes
     there, not after it. The nearest existing folder on the way counts (missing folders are
     made); a file there, or no write permission, blocks."""
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = _nearest_existing(path.parent)
     if not folder.is_dir():
         return f"a file is where an output folder must go: {folder}"
     if not os.access(folder, os.W_OK):
         return f"{folder} is not a writable folder"
     return None
+
+
+def name_max(path: Path) -> int:
+    """The longest file name, in bytes, the file system of ``path`` (or of its nearest
+    existing folder) takes: 255 on ext4 and most others."""
+    try:
+        return os.pathconf(_nearest_existing(path.parent), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def _nearest_existing(folder: Path) -> Path:
+    """``folder``, or the first of its parents that exists (missing folders are made)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
 
 
 def not_a_file(path: Path, what: str = "file") -> str | None:
@@ -72,11 +86,12 @@ class Interrupts:
     """Ctrl-C ends a command in one line and exit code 130, never a traceback, from its
     first import on: made at the top of a ``__main__``, before the heavy imports.
 
-    Until ``run`` starts the command nothing is written, so the process ends at once. After,
-    Ctrl-C unwinds (``finally`` blocks run, output is flushed) and the line is printed at the
-    end: fd 2 is /dev/null while OpenCV opens a video or LiteRT builds an interpreter
-    (``native_stderr_silenced``). Remembered, as a KeyboardInterrupt raised inside a C
-    extension's import comes out as that import's ImportError."""
+    Until ``run`` starts the command, and once it has ended and its output is flushed, the
+    process ends at once. In between, Ctrl-C unwinds (``finally`` blocks run, output is
+    flushed) and the line is printed at the end: fd 2 is /dev/null while OpenCV opens a
+    video or LiteRT builds an interpreter (``native_stderr_silenced``). Remembered, as a
+    KeyboardInterrupt raised inside a C extension's import comes out as that import's
+    ImportError."""
 
     def __init__(self, tool: str) -> None:
         self.tool, self.seen, self.running = tool, False, False
@@ -101,6 +116,10 @@ class Interrupts:
             self._interrupted(argv)
         if self.seen:  # raised where CPython swallows it: "Exception ignored in ..." (a finaliser)
             self._interrupted(argv)
+        # Done and said: a Ctrl-C while Python shuts down (TensorFlow's teardown takes a
+        # second) ends it at once with the line, not by SIGINT with no word (status -2).
+        flush_output()
+        self.running = False
         return code
 
     def _unraisable(self, unraisable: sys.UnraisableHookArgs) -> None:

@@ -91,6 +91,22 @@ def test_evaluate_refuses_a_keras_model_it_cannot_feed_or_read(foreign, model, m
     assert "accuracy" not in result.stdout  # no false numbers
 
 
+def test_a_keras_model_the_user_may_not_read_is_said_so_not_called_a_wrong_file(tmp_path):
+    """ "not a Keras model file (a .keras file is a zip archive)" sent users to re-train a model
+    that was only unreadable to them (root here: its file-permission override is dropped)."""
+    model = tmp_path / "m.keras"
+    shutil.copyfile(SHIPPED_KERAS, model)
+    model.chmod(0)
+    as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] * (os.geteuid() == 0)
+    for command in ("evaluate", "export"):
+        args = ("--data", SAMPLE_CSV) if command == "evaluate" else ("--out", tmp_path / "o.tflite")
+        result = subprocess.run(
+            [*as_user, sys.executable, "-m", "convert", command, "--model", str(model), *args],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+        one_line_error(result, f"{model}: Permission denied")
+
+
 def test_export_of_a_model_with_ten_outputs_names_the_model_and_leaves_nothing(foreign, tmp_path):
     out = tmp_path / "out10.tflite"
     result = run_cli(
@@ -314,6 +330,29 @@ def test_a_flag_the_run_would_ignore_is_refused(tmp_path, args, message):
     one_line_error(run_cli("convert", *args), message)
 
 
+@pytest.mark.parametrize("command", ["pack", "adjust", "export", "evaluate"])
+def test_a_url_or_a_name_too_long_for_what_is_written_beside_it_is_refused_first(tmp_path, command):
+    """A URL as --out made local folders named after the host and printed its password in
+    "saved to ..."; a legal name too long for the temporary files beside it failed only after
+    the work, naming the temporary file."""
+    url, long = "https://user:s3cret@host/o", tmp_path / ("x" * 240)
+    suffix = {"pack": ".npz", "adjust": ".keras", "export": ".tflite", "evaluate": ".png"}[command]
+    args = {
+        "pack": ("--data", FER),
+        "adjust": ("--model", copy_of_the_shipped_model(tmp_path), "--strength", "0.5"),
+        "export": ("--model", SHIPPED_KERAS),
+        "evaluate": ("--model", SHIPPED_TFLITE, "--data", SAMPLE_CSV),
+    }[command]
+    flag = "--plot" if command == "evaluate" else "--out"
+    result = run_cli("convert", command, *args, flag, url + suffix, timeout=120)
+    one_line_error(result, f"{flag} https:/***:***@host/o{suffix}: a URL")
+    assert "s3cret" not in result.stdout + result.stderr
+    result = run_cli("convert", command, *args, flag, f"{long}{suffix}", timeout=120)
+    one_line_error(result, f"{flag} {long}{suffix}: the name is too long")
+    assert not (ROOT / "https:").exists()
+    assert {p.name for p in tmp_path.iterdir()} <= {"m.keras", "m.history.json"}
+
+
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path):
     """Hours of training (or minutes of evaluation) must not end in "cannot save"."""
     blocker = tmp_path / "results"
@@ -394,6 +433,36 @@ def test_an_edited_training_log_is_named_not_a_traceback(tmp_path):
     model = copy_of_the_shipped_model(tmp_path, {"alpha": "0.35"})
     result = run_cli("convert", "export", "--model", model, "--out", tmp_path / "m.tflite")
     one_line_error(result, "m.history.json: the recorded recipe is not valid")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"data": "x"}, "'data' is not a mapping"),
+        ({"adjusted": "yes"}, "'adjusted' is not a mapping"),
+        ({"data": {"teachers": "t.keras"}}, "data.teachers is not a list of paths"),
+        ({"adjusted": {"logit_shift": {"angry": "0.1"}}}, "adjusted.logit_shift is not a number"),
+    ],
+    ids=["data", "adjusted", "teachers", "logit-shift"],
+)
+@pytest.mark.parametrize("command", ["export", "adjust", "average"])
+def test_a_training_log_edited_into_other_types_is_named_by_every_command(
+    tmp_path, command, edit, message
+):
+    """Valid JSON with a field of another type ended in an AttributeError traceback, for
+    export only after the whole conversion."""
+    model = copy_of_the_shipped_model(tmp_path)
+    log = model.with_suffix(".history.json")
+    log.write_text(json.dumps(json.loads(log.read_text()) | edit))
+    args = {
+        "export": ("--model", model, "--quantize", "none"),
+        "adjust": ("--model", model, "--strength", "0.5"),
+        "average": ("--model", model, "--model", SHIPPED_KERAS),
+    }[command]
+    out = tmp_path / ("o.tflite" if command == "export" else "o.keras")
+    result = run_cli("convert", command, *args, "--out", out)
+    one_line_error(result, f"{log}: not a valid training log: {message}")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -682,6 +751,27 @@ def trained(tmp_path_factory) -> Path:
     return out
 
 
+def test_one_folder_of_emotion_folders_is_never_both_splits_of_export_adjust_or_pack(tmp_path):
+    """`train` refused it; export's check, adjust's val accuracy and pack's val split took
+    the training faces as val faces (pack said "train 21, val 21": the same 21)."""
+    copy_faces(tmp_path / "faces", 1)
+    faces = tmp_path / "faces"
+    unadjusted = copy_of_the_shipped_model(tmp_path)
+    log = unadjusted.with_suffix(".history.json")
+    log.write_text(json.dumps({k: v for k, v in json.loads(log.read_text()).items()
+                               if k != "adjusted"}))  # fmt: skip
+    for command, args in [
+        ("export", ("--model", SHIPPED_KERAS, "--out", tmp_path / "m.tflite")),
+        ("adjust", ("--model", unadjusted, "--out", tmp_path / "a.keras", "--strength", "0.5",
+                    "--votes", FER / "ferplus" / "ferplus.csv")),
+    ]:  # fmt: skip
+        result = run_cli("convert", command, *args, "--data", faces)
+        one_line_error(result, f"{faces}: a folder of emotion folders holds one split only")
+    pack = run_cli("convert", "pack", "--data", faces, "--out", tmp_path / "p.npz")
+    one_line_error(pack, f"--data {faces}: a folder of emotion folders holds one split only")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faces", "m.history.json", "m.keras"]
+
+
 def test_training_refuses_to_validate_on_its_own_training_folder(tmp_path):
     """The same folder as --data and --val-data (here through '..' and a trailing slash) chose
     checkpoints by memorisation of the training faces."""
@@ -811,6 +901,77 @@ def test_ctrl_c_that_lands_in_a_finaliser_still_ends_the_command_with_130(tmp_pa
     )  # fmt: skip
     assert result.stdout == "ran on\n"  # the interrupt was swallowed in the finaliser
     assert (result.returncode, result.stderr) == (130, "tool x: interrupted\n")
+
+
+@pytest.mark.parametrize("after", [0.03, 0.06, 0.1, 0.15])
+def test_ctrl_c_while_the_litert_worker_starts_is_one_line(tmp_path, after):
+    """Ctrl-C reaches the whole process group, so also the worker that runs TFLite files for
+    export and evaluate: while it was still importing, it printed its own traceback."""
+    (tmp_path / "worker.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os
+            import signal
+            import sys
+            import threading
+            import time
+
+            from edge.cli import Interrupts
+
+            def command(argv):
+                from convert.litert import in_litert_process
+
+                threading.Timer({after}, os.killpg, (0, signal.SIGINT)).start()
+                return in_litert_process(time.sleep, 30)
+
+            if __name__ == "__main__":  # the worker imports this module (spawn)
+                sys.exit(Interrupts("tool").run(command, sys.argv[1:]))
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "x"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=60, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (130, "tool x: interrupted\n")
+
+
+def test_ctrl_c_while_python_shuts_down_after_the_command_is_one_line(tmp_path):
+    """The result is said and Python is shutting down (TensorFlow's teardown takes a second,
+    here a thread still to be joined): Ctrl-C then ended the process by SIGINT, status -2
+    and no word, or with a traceback of the shut-down."""
+    (tmp_path / "ending.py").write_text(
+        textwrap.dedent(
+            """
+            import os
+            import signal
+            import sys
+            import threading
+            import time
+
+            from edge.cli import Interrupts
+
+            def teardown():
+                time.sleep(0.3)
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(30)
+
+            def command(argv):
+                threading.Thread(target=teardown).start()
+                print("result", flush=True)
+                return 0
+
+            sys.exit(Interrupts("tool").run(command, sys.argv[1:]))
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "ending", "x"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (
+        130, "result\n", "tool x: interrupted\n"
+    )  # fmt: skip
 
 
 def test_an_interrupted_run_keeps_the_model_at_out_and_resumes(tmp_path):

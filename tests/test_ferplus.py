@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -331,6 +332,26 @@ def _fer2013new(path: Path, first_row: str) -> Path:
         lines.append(f"{usage},fer{i:07d}.png,{first_row if i == 0 else HAPPY}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def test_a_face_whose_file_name_is_not_utf8_is_packed_under_its_own_name(
+    small_fer: Path, tmp_path: Path
+):
+    """File names are bytes on Linux (a camera's Latin-1 export): pack ended in a
+    UnicodeEncodeError traceback, and the teacher's predictions must come back to that face."""
+    from convert.data import load_split
+    from convert.pack import unpack
+
+    data = tmp_path / "fer2013"
+    shutil.copytree(small_fer, data)
+    face = next((data / "train" / "happy").iterdir())
+    shutil.copyfile(face, data / "train" / "happy" / os.fsdecode(b"caf\xe9.jpg"))
+    packed = tmp_path / "faces.npz"
+    result = run_cli("convert", "pack", "--data", data, "--out", packed)
+    assert result.returncode == 0, result.stderr[-2000:]
+    keys = list(unpack(packed, "train")["keys"])
+    assert keys == list(load_split(data, "Training").keys)
+    assert os.fsdecode(b"train/happy/caf\xe9.jpg") in keys
 
 
 def test_packed_vote_counts_come_back_as_they_were_or_are_refused(tmp_path: Path):
