@@ -5,7 +5,15 @@ from __future__ import annotations
 import os
 import sys
 
-from edge.cli import Interrupts, OneLineParser, name_max, path_argument, prog, unwritable
+from edge.cli import (
+    Interrupts,
+    OneLineParser,
+    name_max,
+    path_argument,
+    prog,
+    say_error,
+    unwritable,
+)
 
 # `python -m convert` or the console script. Ctrl-C: one line, also while TensorFlow imports.
 _COMMAND_LINE = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "edge-emotion-convert"
@@ -41,9 +49,7 @@ def _run_command(argv: list[str]) -> int:
     try:
         return args.command(args)
     except ConvertError as error:
-        from edge.config.camera import mask_urls  # a URL typed where a path goes
-
-        print(f"convert {args.name}: error: {mask_urls(str(error))}", file=sys.stderr)
+        say_error(f"convert {args.name}", str(error))
         return 2
     except ModuleNotFoundError as error:
         if (error.name or "").split(".")[0] not in TRAINING_MODULES:

@@ -14,6 +14,7 @@ from edge.cli import (  # light: before the heavy imports
     flush_output,
     path_argument,
     prog,
+    say_error,
 )
 
 # A reload (SIGHUP) or a stop (SIGTERM) that arrives while the daemon starts waits, blocked
@@ -49,7 +50,6 @@ from edge.config import (  # noqa: E402
     EdgeConfig,
     load_config,
 )
-from edge.config.camera import mask_urls  # noqa: E402
 from edge.emotions import ModelError  # noqa: E402
 
 EXIT_CONFIG = 2
@@ -69,7 +69,7 @@ def _run_command(argv: list[str]) -> int:
     try:
         return args.command(args)
     except (ConfigError, ModelError) as error:
-        print(f"edge {args.name}: error: {mask_urls(str(error))}", file=sys.stderr)
+        say_error(f"edge {args.name}", str(error))
         return EXIT_CONFIG
     except BrokenPipeError:
         # The reader went away (`check-config | head`): not an error of ours. Point stdout at

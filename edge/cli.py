@@ -67,14 +67,27 @@ def path_argument(text: str) -> Path:
     return Path(text)
 
 
+# C0/C1 controls and line separators as escapes: a name or value quoted in an error (an
+# environment variable's name may hold a line break) keeps the error on its one line.
+_ESCAPED = {
+    point: repr(chr(point))[1:-1] for point in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+
+
+def say_error(prog: str, message: str) -> None:
+    """A start-up or input error as one line on stderr: ``PROG: error: MESSAGE``, with every
+    URL in it masked (a URL typed where a path goes carries its password along)."""
+    from edge.config.camera import mask_urls
+
+    print(f"{prog}: error: {mask_urls(message).translate(_ESCAPED)}", file=sys.stderr)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line and exit code 2, like every other start-up failure (argparse
     prints the whole usage first, which a journal shows as several unrelated lines)."""
 
     def error(self, message: str) -> NoReturn:
-        from edge.config.camera import mask_urls  # a URL typed where it does not belong
-
-        print(f"{self.prog}: error: {mask_urls(message)} (see --help)", file=sys.stderr)
+        say_error(self.prog, f"{message} (see --help)")
         sys.exit(2)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, SHARED, huge_gif, huge_png, run_cli
+from services import free_port
 from test_daemon import broker, daemons  # noqa: F401 (fixtures)
 
 CLIP = SHARED / "media" / "asl-again.mkv"
@@ -727,6 +729,16 @@ def test_a_configuration_file_that_is_not_yaml_text_is_one_clear_line(tmp_path, 
             f"mqtt.spool_file {CLIP}/x.jsonl: cannot be written (a file is where an output "
             f"folder must go: {CLIP})",
         ),
+        ({"mqtt": {"host": "h", "client_id": "a\x00b"}}, {}, "mqtt.client_id: holds U+0000"),
+        ({"mqtt": {"host": "h", "username": "u\tv"}}, {}, "mqtt.username: holds U+0009"),
+        ({"mqtt": {"host": "h", "topic_prefix": "ab\x80c"}}, {}, "mqtt.topic_prefix: holds U+0080"),
+        ({}, {"EDGE_FOO\nBAR": "1"}, "EDGE_FOO\\nBAR is not a setting"),
+        ({"mqtt": {"host": "h", "password": 12345}}, {}, "YAML read a number: quote it"),
+        (
+            {"CAMERAS": [{"name": "b", "source": str(CLIP)}]},
+            {"EDGE_CAMERAS__1__FPS": "x"},
+            "cameras.1.fps",
+        ),
     ],
     ids=[
         "env-json",
@@ -743,14 +755,71 @@ def test_a_configuration_file_that_is_not_yaml_text_is_one_clear_line(tmp_path, 
         "device-id-too-long",
         "two-problems-on-one-line",
         "spool-under-a-file",
+        "client-id-nul",  # the broker refused every connection: "closed the connection"
+        "username-tab",
+        "topic-prefix-c1-control",
+        "variable-name-with-a-line-break",  # two lines, the second forged
+        "numeric-password",
+        "upper-case-cameras-with-camera-variables",  # the variables found no "CAMERAS:"
     ],
 )
 def test_start_up_failures_are_one_line_and_exit_2(tmp_path, change, env, expected):
     path = tmp_path / "edge.yaml"
-    path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "source": str(CLIP)}], **change}))
+    cameras = {} if "CAMERAS" in change else {"cameras": [{"name": "a", "source": str(CLIP)}]}
+    path.write_text(yaml.safe_dump({**cameras, **change}))
     output = run_daemon(path, env).stderr
     assert expected in output, output
     one_line_exit_2(run_daemon(path, env))
+
+
+def test_a_text_given_where_a_section_goes_is_not_quoted(tmp_path):
+    """EDGE_MQTT__TLS=hunter2 (meant for the key below it) was quoted in the error."""
+    path = tmp_path / "edge.yaml"
+    path.write_text(yaml.safe_dump({"cameras": [{"name": "a", "source": str(CLIP)}]}))
+    line = one_line_exit_2(run_daemon(path, {"EDGE_MQTT__TLS": "hunter2"}))
+    assert "mqtt.tls: Input should be a valid dictionary" in line and "hunter2" not in line
+
+
+@pytest.mark.parametrize("key", ["1", "null", "2020-01-01"])
+def test_a_top_level_key_that_is_not_a_name_is_one_line(tmp_path, key):
+    """YAML reads `1:`, `null:` and dates as numbers, null and dates: a TypeError traceback
+    (exit 1, restarted by systemd for ever)."""
+    path = tmp_path / "edge.yaml"
+    path.write_text(f"cameras: [{{name: a, source: {CLIP}}}]\n{key}: x\n")
+    assert "a top-level key is" in one_line_exit_2(run_daemon(path))
+
+
+def test_a_named_pipe_as_the_configuration_is_refused_not_waited_on(tmp_path):
+    """No program writes to it: the open waited for ever, with the stop signals blocked
+    (edge run), so SIGTERM did not end it either."""
+    fifo = tmp_path / "edge.yaml"
+    os.mkfifo(fifo)
+    line = one_line_exit_2(run_daemon(fifo, timeout=30))
+    assert line.endswith(f"{fifo}: a named pipe that no program writes to")
+
+
+@pytest.mark.parametrize("target", ["configuration", "model", "pipe"])
+def test_a_spool_file_that_names_another_file_is_refused_and_the_file_kept(tmp_path, target):
+    """The spool is replaced whole and removed once delivered: naming the configuration (or
+    the model, a TLS key) by a typo destroyed it at the first start, and the next start
+    failed; a pipe blocked the start."""
+    model = tmp_path / "m.tflite"
+    shutil.copyfile(ROOT / "models" / "emotion.tflite", model)
+    model.with_suffix(".json").write_bytes((ROOT / "models" / "emotion.json").read_bytes())
+    path = tmp_path / "edge.yaml"
+    spool = {"configuration": path, "model": model, "pipe": tmp_path / "pipe"}[target]
+    if target == "pipe":
+        os.mkfifo(spool)
+    config = {
+        "cameras": [{"name": "a", "source": str(CLIP)}],
+        "model": {"path": str(model)},
+        "mqtt": {"host": "127.0.0.1", "port": free_port(), "spool_file": str(spool)},
+    }
+    path.write_text(yaml.safe_dump(config))
+    before = {p: p.read_bytes() for p in (path, model)}
+    line = one_line_exit_2(run_daemon(path, timeout=30))
+    assert f"mqtt.spool_file {spool}: " in line and "give a file of its own" in line, line
+    assert {p: p.read_bytes() for p in (path, model)} == before
 
 
 @pytest.mark.parametrize("server", ["metrics", "view"])

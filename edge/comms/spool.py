@@ -21,6 +21,10 @@ from edge.config import ConfigError
 log = logging.getLogger(__name__)
 
 
+# An event's line is under 1 KiB; the first line is read up to this to tell a spool.
+MAX_LINE_BYTES = 1 << 16
+
+
 class Spool:
     def __init__(self, path: Path, base: str) -> None:
         self.path, self.base = path, base
@@ -36,10 +40,18 @@ class Spool:
 
     def check(self) -> None:
         """At start-up, not at the stop that needs it: the nearest existing folder on the way
-        must be a writable folder."""
+        must be a writable folder, and a file there a spool. The spool is replaced whole and
+        removed once delivered, so ``spool_file`` naming the configuration, the model or a
+        TLS key by a typo destroyed it (and the next start failed); a pipe or ``/dev/zero``
+        blocked the start or filled the memory."""
         if self.path.is_dir():
             raise ConfigError(
                 f"mqtt.spool_file {self.path}: is a folder; give a file name (or set "
+                "mqtt.spool: false)"
+            )
+        if why := self._not_a_spool():
+            raise ConfigError(
+                f"mqtt.spool_file {self.path}: {why}; give a file of its own (or set "
                 "mqtt.spool: false)"
             )
         why = unwritable(self.path)
@@ -48,6 +60,27 @@ class Spool:
                 f"mqtt.spool_file {self.path}: cannot be written ({why}); give another "
                 "mqtt.spool_file or set mqtt.spool: false"
             )
+
+    def _not_a_spool(self) -> str | None:
+        """Why the file there is not a spool this daemon wrote, or None (none, or empty)."""
+        if not (self.path.exists() or self.path.is_symlink()):
+            return None
+        if not self.path.is_file():
+            return "not a regular file (a device, a pipe or a broken link)"
+        try:
+            with self.path.open("rb") as file:
+                first = file.readline(MAX_LINE_BYTES)
+        except OSError as error:
+            return f"cannot be read ({error.strerror or error})"
+        if not first:
+            return None
+        try:
+            item = json.loads(first)
+        except ValueError:
+            item = None
+        if not (isinstance(item, dict) and "topic" in item and "payload" in item):
+            return "holds something else than undelivered events, and would be replaced"
+        return None
 
     def load(self) -> list[tuple[str, bytes]]:
         """This device's events from the last run, in order; the file stays until they are

@@ -6,10 +6,12 @@ naming the key instead of being silently ignored for months.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import socket
+import stat
 import typing
 from pathlib import Path
 from typing import Any
@@ -221,10 +223,9 @@ def _camera_variables(raw: dict[str, Any]) -> dict[str, Any]:
             f"environment: {found[0][2]} and {ENV_PREFIX}CAMERAS both set the cameras: "
             "use one or the other"
         )
-    cameras = raw.get("cameras")
-    cameras = [dict(c) if isinstance(c, dict) else c for c in cameras or []]
     if not isinstance(raw.get("cameras", []), list):
-        return raw  # the file's own problem, which validation names
+        return raw  # the file's own problem (`cameras: 5`), which validation names
+    cameras = [dict(c) if isinstance(c, dict) else c for c in raw.get("cameras") or []]
     for index, keys, name in found:
         if index > len(cameras):
             have = f"cameras 0-{len(cameras) - 1} exist" if len(cameras) > 1 else "camera 0 exists"
@@ -276,10 +277,8 @@ def load_config(
     except RecursionError:  # EDGE_CAMERAS='[[[[…' (the file's own nesting is refused as read)
         raise ConfigError("environment: a variable's JSON is nested too deeply") from None
     except OSError as error:  # a file the configuration names exists but this user cannot read
-        raise ConfigError(
-            f"{where}cannot read {error.filename}: {error.strerror} "
-            "(is it readable by the daemon's user?)"
-        ) from None
+        hint = " (is it readable by the daemon's user?)" if error.errno in DENIED else ""
+        raise ConfigError(f"{where}cannot read {error.filename}: {error.strerror}{hint}") from None
 
 
 class ConfigFile:
@@ -400,21 +399,44 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 def _read_config_file(path: Path) -> bytes:
-    """The configuration file's bytes; a problem reading it is a ConfigError naming it."""
+    """The configuration file's bytes; a problem reading it is a ConfigError naming it.
+
+    Opened without waiting: a named pipe no program writes to blocked the open for ever, with
+    the stop signals blocked (``edge run``), so not even SIGTERM ended it. Read, a pipe with
+    no writer ends at once, and is said to be one."""
     try:
-        with path.open("rb") as file:
-            content = file.read(MAX_CONFIG_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the configuration: {error.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{path}: is a directory, not a configuration file")
+        os.set_blocking(fd, True)
+        content = _read_up_to(fd, MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the configuration: {error.strerror}") from None
+    finally:
+        os.close(fd)
     if len(content) > MAX_CONFIG_BYTES:
         raise ConfigError(
             f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a configuration file"
         )
+    if not content and stat.S_ISFIFO(mode):
+        raise ConfigError(f"{path}: a named pipe that no program writes to")
     return content
+
+
+def _read_up_to(fd: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes, to the end: a pipe hands its content over in pieces."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit and (part := os.read(fd, limit - size)):
+        parts.append(part)
+        size += len(part)
+    return b"".join(parts)
 
 
 def _parse_yaml(path: Path, content: bytes) -> dict[str, Any]:
@@ -434,8 +456,13 @@ def _parse_yaml(path: Path, content: bytes) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    if odd := [key for key in data if not isinstance(key, str)]:
+        kind = {bool: "true/false", int: "a number", float: "a number", type(None): "null"}
+        what = kind.get(type(odd[0]), f"a {type(odd[0]).__name__}")  # a date
+        raise ConfigError(f"{path}: a top-level key is {what}, not a name: quote it or remove it")
     _refuse_sections_twice(path, data)
-    return data
+    # One spelling from here on: the EDGE_CAMERAS__N__ variables found no "CAMERAS:".
+    return {key.lower(): value for key, value in data.items()}
 
 
 def _refuse_sections_twice(path: Path, data: dict) -> None:
@@ -555,6 +582,8 @@ def describe(error: ValidationError) -> str:
         )
         if key.endswith("…") and problem["type"] == "extra_forbidden":
             message += " (a space is needed after ':' in key: value)"
+        elif problem["type"] == "string_type" and isinstance(problem.get("input"), int | float):
+            message += ' (YAML read a number: quote it, "0123")'  # password: 12345
         part = f"{key}: {message}{_shown(problem, key)}{_from_variable(problem)}"
         parts.append(mask_urls(" ".join(part.split())))  # a message's own newlines too
     if len(problems) > MAX_PROBLEMS:
@@ -569,11 +598,19 @@ def _key_part(part: str) -> str:
     return cut[0] + "…" if len(cut) > 1 else part
 
 
+DENIED = frozenset({errno.EACCES, errno.EPERM})
+
+# Problems of a value given where a section goes.
+SECTION_EXPECTED = frozenset({"model_type", "dict_type", "model_attributes_type"})
+
+
 def _shown(problem: dict, key: str) -> str:
     """`` (got VALUE)``, or nothing where the value might be secret: an unknown key (often a
     misspelt secret: mqtt.pasword), a secret's key, or text that looks like credentials."""
     value = problem.get("input")
     if problem["type"] == "extra_forbidden" or SECRET_KEY.search(key):
+        return ""
+    if problem["type"] in SECTION_EXPECTED:  # EDGE_MQTT__TLS=hunter2: meant for a key below
         return ""
     if isinstance(value, bool | int | float):
         return f" (got {value!r})"

@@ -39,6 +39,30 @@ def host_only(value: str) -> str:
     return value.removeprefix("[").removesuffix("]")
 
 
+def broker_text(value: str) -> str:
+    """A text MQTT carries as a UTF-8 string (topics, client id, user name) without the code
+    points brokers refuse as malformed (MQTT 5 1.5.4; mosquitto checks them): C0 and C1
+    control characters, surrogates and Unicode noncharacters. Accepted here, each failed
+    every connection, said as "closed the connection" for ever. The value is not quoted."""
+    for character in value:
+        point = ord(character)
+        if (
+            point < 0x20
+            or 0x7F <= point <= 0x9F
+            or 0xD800 <= point <= 0xDFFF
+            or 0xFDD0 <= point <= 0xFDEF
+            or point & 0xFFFE == 0xFFFE
+        ):
+            raise ValueError(
+                f"holds U+{point:04X}, a control character or Unicode noncharacter, which MQTT "
+                "brokers refuse"
+            )
+    return value
+
+
+BrokerText = Annotated[str, AfterValidator(broker_text)]
+
+
 def no_qos_2(value: int) -> int:
     """QoS 2 is refused, not offered: after a broker restart (kill, power loss) paho resends
     its unfinished QoS 2 exchanges and mosquitto, which lost them, drops the connection
@@ -84,21 +108,21 @@ class HomeAssistantConfig(Section):
     """MQTT discovery: Home Assistant creates the sensors itself from retained config messages."""
 
     enabled: bool = False
-    discovery_prefix: str = Field("homeassistant", pattern=TOPIC_LEVEL)
+    discovery_prefix: BrokerText = Field("homeassistant", pattern=TOPIC_LEVEL)
     # Home Assistant publishes "online" here when it starts: we announce the sensors again.
-    status_topic: str = Field("homeassistant/status", pattern=TOPIC_LEVEL)
+    status_topic: BrokerText = Field("homeassistant/status", pattern=TOPIC_LEVEL)
     device_name: str | None = Field(None, description="default: Emotion sensor <device_id>")
 
 
 class MqttConfig(Section):
     host: Host
     port: int = Field(1883, ge=1, le=65535)
-    topic_prefix: str = Field("edge-emotion", pattern=TOPIC_LEVEL, max_length=128)
+    topic_prefix: BrokerText = Field("edge-emotion", pattern=TOPIC_LEVEL, max_length=128)
     qos: Annotated[int, Field(ge=0), AfterValidator(no_qos_2)] = 1
-    client_id: str | None = Field(
+    client_id: BrokerText | None = Field(
         None, min_length=1, max_length=128, description="default: edge-emotion-<device_id>"
     )
-    username: str | None = None
+    username: BrokerText | None = None
     password: SecretStr | None = None
     tls: TlsConfig | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
