@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import tempfile
 import time
 import zipfile
@@ -392,6 +393,16 @@ LOG_MAPPINGS = ("recipe", "data", "adjusted")
 LOG_PATHS = ("path", "val_path", "votes", "train", "val", "init")
 
 
+def _finite(value: object) -> bool:
+    """A JSON number that is a float's (``2**70`` and ``1e400`` are not: OverflowError)."""
+    if type(value) not in (int, float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _log_problem(record: dict) -> str | None:
     """What an edited log (``"data": "x"``) gets wrong, or None: read as it is, it ended in an
     AttributeError, after a whole conversion in ``export``."""
@@ -407,8 +418,7 @@ def _log_problem(record: dict) -> str | None:
         return "data.teachers is not a list of paths"
     shift = record.get("adjusted", {}).get("logit_shift")
     if shift is not None and not (
-        isinstance(shift, dict)
-        and all(type(shift.get(e)) in (int, float) and np.isfinite(shift[e]) for e in EMOTIONS)
+        isinstance(shift, dict) and all(_finite(shift.get(e)) for e in EMOTIONS)
     ):
         return f"adjusted.logit_shift is not a number for each of {', '.join(EMOTIONS)}"
     return None

@@ -34,7 +34,8 @@ def in_litert_process(function: Callable[..., T], *args: object) -> T:
         max_workers=1, mp_context=context, initializer=_dies_quietly_on_interrupt
     ) as pool:
         # The worker starts (at submit) with Ctrl-C blocked, as the signal mask is inherited,
-        # so none lands while it imports; here it stays pending until unblocked just after.
+        # so none lands while it imports. Here another thread takes it meanwhile, and Python
+        # raises it in the main thread as always.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             future = pool.submit(function, *args)

@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 
 from edge import DEFAULT_MODEL, MAX_IMAGE_PIXELS
-from edge.config.camera import SCHEME_NAME, mask_urls
+from edge.cli import say_error
+from edge.config.camera import SCHEME_NAME
 from edge.emotions import EmotionClassifier, native_stderr_silenced
 from edge.faces import FaceDetector, crop, to_gray
 
@@ -88,7 +89,7 @@ def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
         except BrokenPipeError:
             raise  # the reader of our output went away: stop (edge.__main__ ends quietly)
         except (OSError, cv2.error) as error:
-            print(f"edge analyze: error: {mask_urls(str(error))}", file=sys.stderr)
+            say_error("edge analyze", str(error))
             failures += 1
     return 1 if failures else 0
 

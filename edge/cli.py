@@ -76,10 +76,11 @@ _ESCAPED = {
 
 def say_error(prog: str, message: str) -> None:
     """A start-up or input error as one line on stderr: ``PROG: error: MESSAGE``, with every
-    URL in it masked (a URL typed where a path goes carries its password along)."""
+    URL in it masked (a URL typed where a path goes carries its password along), escaped
+    first: a tab in a password ended the URL before its ``@``."""
     from edge.config.camera import mask_urls
 
-    print(f"{prog}: error: {mask_urls(message).translate(_ESCAPED)}", file=sys.stderr)
+    print(f"{prog}: error: {mask_urls(message.translate(_ESCAPED))}", file=sys.stderr)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -123,16 +124,16 @@ class Interrupts:
         sys.unraisablehook = self._unraisable
         try:
             code = command(argv)
+            flush_output()
+            # Done and said: a Ctrl-C while Python shuts down (TensorFlow's teardown takes a
+            # second) ends it at once with the line, not by SIGINT with no word (status -2).
+            self.running = False
         except BaseException as error:
             if not (isinstance(error, KeyboardInterrupt) or self.seen):
                 raise
             self._interrupted(argv)
         if self.seen:  # raised where CPython swallows it: "Exception ignored in ..." (a finaliser)
             self._interrupted(argv)
-        # Done and said: a Ctrl-C while Python shuts down (TensorFlow's teardown takes a
-        # second) ends it at once with the line, not by SIGINT with no word (status -2).
-        flush_output()
-        self.running = False
         return code
 
     def _unraisable(self, unraisable: sys.UnraisableHookArgs) -> None:

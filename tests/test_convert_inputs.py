@@ -335,7 +335,7 @@ def test_a_url_or_a_name_too_long_for_what_is_written_beside_it_is_refused_first
     """A URL as --out made local folders named after the host and printed its password in
     "saved to ..."; a legal name too long for the temporary files beside it failed only after
     the work, naming the temporary file."""
-    url, long = "https://user:s3cret@host/o", tmp_path / ("x" * 240)
+    url, long = "https://user:s3\tcret@host/o", tmp_path / ("x" * 240)
     suffix = {"pack": ".npz", "adjust": ".keras", "export": ".tflite", "evaluate": ".png"}[command]
     args = {
         "pack": ("--data", FER),
@@ -346,7 +346,7 @@ def test_a_url_or_a_name_too_long_for_what_is_written_beside_it_is_refused_first
     flag = "--plot" if command == "evaluate" else "--out"
     result = run_cli("convert", command, *args, flag, url + suffix, timeout=120)
     one_line_error(result, f"{flag} https:/***:***@host/o{suffix}: a URL")
-    assert "s3cret" not in result.stdout + result.stderr
+    assert "cret" not in result.stdout + result.stderr  # a tab once ended the URL's mask
     result = run_cli("convert", command, *args, flag, f"{long}{suffix}", timeout=120)
     one_line_error(result, f"{flag} {long}{suffix}: the name is too long")
     assert not (ROOT / "https:").exists()
@@ -442,8 +442,9 @@ def test_an_edited_training_log_is_named_not_a_traceback(tmp_path):
         ({"adjusted": "yes"}, "'adjusted' is not a mapping"),
         ({"data": {"teachers": "t.keras"}}, "data.teachers is not a list of paths"),
         ({"adjusted": {"logit_shift": {"angry": "0.1"}}}, "adjusted.logit_shift is not a number"),
+        ({"adjusted": {"logit_shift": {"angry": 2**70}}}, "adjusted.logit_shift is not a number"),
     ],
-    ids=["data", "adjusted", "teachers", "logit-shift"],
+    ids=["data", "adjusted", "teachers", "logit-shift", "logit-shift-huge"],
 )
 @pytest.mark.parametrize("command", ["export", "adjust", "average"])
 def test_a_training_log_edited_into_other_types_is_named_by_every_command(
@@ -951,14 +952,18 @@ def test_ctrl_c_while_python_shuts_down_after_the_command_is_one_line(tmp_path):
 
             from edge.cli import Interrupts
 
+            returned = threading.Event()
+
             def teardown():
-                time.sleep(0.3)
+                returned.wait()
+                time.sleep(0.3)  # the main thread is joining this one by now
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(30)
 
             def command(argv):
                 threading.Thread(target=teardown).start()
                 print("result", flush=True)
+                returned.set()
                 return 0
 
             sys.exit(Interrupts("tool").run(command, sys.argv[1:]))

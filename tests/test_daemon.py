@@ -245,7 +245,8 @@ def test_the_spool_is_kept_until_its_events_are_delivered_and_bad_lines_are_skip
     moved = json.dumps({"topic": "old-site/porch/door/event", "payload": '{"kept":3}'})
     wildcard = json.dumps({"topic": "edge-emotion/porch/+/event", "payload": "{}"})
     surrogate = '{"topic": "edge-emotion/porch/door/event", "payload": "\\ud800"}'
-    spool.write_text("\n".join([ours, wildcard, "garbage", surrogate, moved, theirs]) + "\n")
+    # The damaged line first: a file whose first line is no event is not taken for another file.
+    spool.write_text("\n".join(["garbage", ours, wildcard, surrogate, moved, theirs]) + "\n")
     port = free_port()
     config = {
         "device_id": "porch",

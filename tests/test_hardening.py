@@ -795,7 +795,7 @@ def test_a_named_pipe_as_the_configuration_is_refused_not_waited_on(tmp_path):
     fifo = tmp_path / "edge.yaml"
     os.mkfifo(fifo)
     line = one_line_exit_2(run_daemon(fifo, timeout=30))
-    assert line.endswith(f"{fifo}: a named pipe that no program writes to")
+    assert line.endswith(f"{fifo}: a pipe with nothing to read (no program writes to it)")
 
 
 @pytest.mark.parametrize("target", ["configuration", "model", "pipe"])

@@ -695,15 +695,15 @@ def _usable_spool(config: MqttConfig, device_id: str, base: str) -> Spool | None
     if path is None:
         return None
     spool = Spool(path, base)
-    try:
+    if config.spool_file is not None:
         spool.check()
-    except ConfigError:
-        if config.spool_file is not None:
-            raise
+    elif why := spool.problem():
         log.warning(
-            "no spool: %s cannot be written, so events still undelivered at a stop are lost; "
-            "set mqtt.spool_file to a writable place (or mqtt.spool: false to silence this)",
-            path.parent,
+            "no spool: %s %s, so events still undelivered at a stop are lost; set "
+            "mqtt.spool_file to a writable place of its own (or mqtt.spool: false to silence "
+            "this)",
+            path,
+            why,
         )
         return None
     return spool

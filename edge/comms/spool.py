@@ -21,8 +21,16 @@ from edge.config import ConfigError
 log = logging.getLogger(__name__)
 
 
-# An event's line is under 1 KiB; the first line is read up to this to tell a spool.
-MAX_LINE_BYTES = 1 << 16
+# An event's line is under 1 KiB: a spool has events within its first MiB.
+SNIFF_BYTES = 1 << 20
+
+
+def _is_event(line: bytes) -> bool:
+    try:
+        item = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(item, dict) and "topic" in item and "payload" in item
 
 
 class Spool:
@@ -39,48 +47,44 @@ class Spool:
         self._others: list[str] = []
 
     def check(self) -> None:
-        """At start-up, not at the stop that needs it: the nearest existing folder on the way
-        must be a writable folder, and a file there a spool. The spool is replaced whole and
-        removed once delivered, so ``spool_file`` naming the configuration, the model or a
-        TLS key by a typo destroyed it (and the next start failed); a pipe or ``/dev/zero``
-        blocked the start or filled the memory."""
-        if self.path.is_dir():
+        """``problem`` as the configuration error of an ``mqtt.spool_file``."""
+        if why := self.problem():
             raise ConfigError(
-                f"mqtt.spool_file {self.path}: is a folder; give a file name (or set "
-                "mqtt.spool: false)"
-            )
-        if why := self._not_a_spool():
-            raise ConfigError(
-                f"mqtt.spool_file {self.path}: {why}; give a file of its own (or set "
-                "mqtt.spool: false)"
-            )
-        why = unwritable(self.path)
-        if why is not None:
-            raise ConfigError(
-                f"mqtt.spool_file {self.path}: cannot be written ({why}); give another "
-                "mqtt.spool_file or set mqtt.spool: false"
+                f"mqtt.spool_file {self.path}: {why}; give a file of its own that can be "
+                "written (or set mqtt.spool: false)"
             )
 
+    def problem(self) -> str | None:
+        """Why the spool cannot be kept there, or None; at start-up, not at the stop that
+        needs it. The nearest existing folder on the way must be a writable folder, and a
+        file there a spool: it is replaced whole and removed once delivered, so a
+        ``spool_file`` naming the configuration, the model or a TLS key by a typo destroyed
+        it (and the next start failed); a pipe or ``/dev/zero`` blocked the start or filled
+        the memory."""
+        if self.path.is_dir():
+            return "is a folder, not a file name"
+        if why := self._not_a_spool():
+            return why
+        if why := unwritable(self.path):
+            return f"cannot be written ({why})"
+        return None
+
     def _not_a_spool(self) -> str | None:
-        """Why the file there is not a spool this daemon wrote, or None (none, or empty)."""
+        """Why the file there is not a spool this daemon wrote, or None: none, one with an
+        event among its first lines (a damaged line is skipped as ``load`` does), or one with
+        no text at all (the zeros a power cut can leave)."""
         if not (self.path.exists() or self.path.is_symlink()):
             return None
         if not self.path.is_file():
             return "not a regular file (a device, a pipe or a broken link)"
         try:
             with self.path.open("rb") as file:
-                first = file.readline(MAX_LINE_BYTES)
+                head = file.read(SNIFF_BYTES)
         except OSError as error:
             return f"cannot be read ({error.strerror or error})"
-        if not first:
+        if not head.strip(b"\0 \t\r\n") or any(map(_is_event, head.splitlines())):
             return None
-        try:
-            item = json.loads(first)
-        except ValueError:
-            item = None
-        if not (isinstance(item, dict) and "topic" in item and "payload" in item):
-            return "holds something else than undelivered events, and would be replaced"
-        return None
+        return "holds something else than undelivered events, and would be replaced"
 
     def load(self) -> list[tuple[str, bytes]]:
         """This device's events from the last run, in order; the file stays until they are

@@ -425,7 +425,7 @@ def _read_config_file(path: Path) -> bytes:
             f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, not a configuration file"
         )
     if not content and stat.S_ISFIFO(mode):
-        raise ConfigError(f"{path}: a named pipe that no program writes to")
+        raise ConfigError(f"{path}: a pipe with nothing to read (no program writes to it)")
     return content
 
 
@@ -582,6 +582,8 @@ def describe(error: ValidationError) -> str:
         )
         if key.endswith("…") and problem["type"] == "extra_forbidden":
             message += " (a space is needed after ':' in key: value)"
+        elif problem["type"] == "string_type" and isinstance(problem.get("input"), bool):
+            message += " (YAML reads yes, no, on and off as true/false: quote it)"
         elif problem["type"] == "string_type" and isinstance(problem.get("input"), int | float):
             message += ' (YAML read a number: quote it, "0123")'  # password: 12345
         part = f"{key}: {message}{_shown(problem, key)}{_from_variable(problem)}"

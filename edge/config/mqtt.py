@@ -119,9 +119,9 @@ class MqttConfig(Section):
     port: int = Field(1883, ge=1, le=65535)
     topic_prefix: BrokerText = Field("edge-emotion", pattern=TOPIC_LEVEL, max_length=128)
     qos: Annotated[int, Field(ge=0), AfterValidator(no_qos_2)] = 1
-    client_id: BrokerText | None = Field(
-        None, min_length=1, max_length=128, description="default: edge-emotion-<device_id>"
-    )
+    client_id: (
+        Annotated[str, Field(min_length=1, max_length=128), AfterValidator(broker_text)] | None
+    ) = Field(None, description="default: edge-emotion-<device_id>")
     username: BrokerText | None = None
     password: SecretStr | None = None
     tls: TlsConfig | None = None
