@@ -214,9 +214,13 @@ def _resolvable(what: str, host: str, port: int) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
-    from edge.analyze import analyze
+    from edge.analyze import ResultsNotWritten, analyze
 
-    return analyze(args.paths, args.model, args.json)
+    try:
+        return analyze(args.paths, args.model, args.json)
+    except ResultsNotWritten as error:
+        say_error("edge analyze", str(error))
+        return 1
 
 
 if __name__ == "__main__":

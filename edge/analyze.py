@@ -7,6 +7,7 @@ tracked or smoothed, so every frame's raw result is visible.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -29,7 +30,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 MAX_UNREADABLE_FRAMES = 25
 # ``rtsp://cam/x`` as pathlib keeps it (``rtsp:/cam/x``), when no such file exists.
 STREAM_URL = re.compile(rf"{SCHEME_NAME}:/")
-ANIMATED_SUFFIXES = {".gif"}  # OpenCV reads one frame of these; FFmpeg reads them all
 ANIMATION_CHUNK = 16  # frames of an animated WebP/PNG decoded at a time (not all at once)
 
 
@@ -40,7 +40,9 @@ def is_image(path: Path, name: str) -> bool:
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return True
-    return suffix not in ANIMATED_SUFFIXES and cv2.haveImageReader(name)
+    # A GIF by its content, not its name: a PNG of 16000x16000 named .gif went to FFmpeg,
+    # past the image path's pixel limit (2 GB of memory for a 249 KB file).
+    return not _is_gif(path) and cv2.haveImageReader(name)
 
 
 @contextlib.contextmanager
@@ -57,7 +59,9 @@ def opencv_name(path: Path) -> Iterator[str]:
         finally:
             os.close(fd)
         return
-    yield str(path)
+    # Absolute: FFmpeg reads a relative name with a colon (``pipe:0``, ``file:x.mkv``) as one
+    # of its protocols, and a file so named was never opened (stdin was read instead).
+    yield os.path.abspath(path)
 
 
 def shown(path: Path) -> str:
@@ -66,8 +70,28 @@ def shown(path: Path) -> str:
     return str(path).encode("utf-8", "backslashreplace").decode()
 
 
+class ResultsNotWritten(Exception):
+    """Standard output refuses the results (a full disk, closed): every later one would be
+    lost too, so the run ends, and no input file is blamed for it."""
+
+
+def _result(text: str) -> None:
+    try:
+        if sys.stdout is None:  # started with it closed (`>&-`)
+            raise OSError(errno.EBADF, "standard output is closed")
+        print(text, flush=True)  # a full disk is found here, not in a silent last flush
+    except BrokenPipeError:
+        raise  # the reader of our output went away: stop (edge.__main__ ends quietly)
+    except OSError as error:
+        raise ResultsNotWritten(
+            f"the results cannot be written to standard output ({error.strerror or error})"
+        ) from None
+
+
 def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
     """Print every face of every frame; a file that cannot be read is reported, the rest go on."""
+    if sys.stdout is None:
+        raise ResultsNotWritten("standard output is closed: nowhere to write the results")
     classifier = EmotionClassifier(model or DEFAULT_MODEL)
     detector = FaceDetector()  # every frame fully scanned: offline results are exhaustive
     failures = 0
@@ -79,7 +103,7 @@ def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
                 boxes = detector.detect(gray)
                 probs = classifier.predict([crop(gray, box) for box in boxes])
                 for box, p in zip(boxes, probs, strict=True):
-                    print(line(path, index, box.as_list(), classifier.labels, p, as_json))
+                    _result(line(path, index, box.as_list(), classifier.labels, p, as_json))
                 found += len(boxes)
             if not found:  # said, so an empty output is not mistaken for a failure or a hang
                 print(
@@ -174,12 +198,20 @@ def _later_frames(path: Path, name: str) -> Iterator[np.ndarray]:
             )
 
 
+def _gif_header(path: Path) -> bytes | None:
+    with path.open("rb") as file:
+        header = file.read(10)
+    return header if header[:6] in (b"GIF87a", b"GIF89a") else None
+
+
+def _is_gif(path: Path) -> bool:
+    return _gif_header(path) is not None
+
+
 def _pixels_claimed(path: Path) -> int:
     """A GIF's canvas from its header (``GIF89a``, width, height, little-endian): FFmpeg
     would allocate it for every frame, and OpenCV's pixel limit does not reach FFmpeg."""
-    with path.open("rb") as file:
-        header = file.read(10)
-    if header[:6] not in (b"GIF87a", b"GIF89a"):
+    if (header := _gif_header(path)) is None:
         return 0
     return int.from_bytes(header[6:8], "little") * int.from_bytes(header[8:10], "little")
 

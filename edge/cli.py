@@ -163,4 +163,5 @@ def flush_output() -> None:
     (a closed pipe) is no error: nothing more can be said to it."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
-            stream.flush()
+            if stream is not None:  # started with it closed (`>&-`)
+                stream.flush()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 from prometheus_client import (
     CollectorRegistry,
@@ -24,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edge.comms import PublisherStats
-from edge.serving import bound
+from edge.serving import bound, request_path
 from edge.video import ReaderStats
 
 PREFIX = "edge_emotion"
@@ -103,7 +102,11 @@ def _metrics_path_only(app: WsgiApp) -> WsgiApp:
     answered like GET, without the body."""
 
     def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if _path(environ.get("PATH_INFO", "")) != "/metrics":
+        path = request_path(environ.get("PATH_INFO", ""))
+        if path is None:
+            start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"400 bad request: not a request target\n"]
+        if path != "/metrics":
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"404 not found: the metrics are at /metrics\n"]
         if environ.get("REQUEST_METHOD") == "HEAD":
@@ -117,12 +120,6 @@ def _metrics_path_only(app: WsgiApp) -> WsgiApp:
         return app(environ, start_response)
 
     return serve
-
-
-def _path(target: str) -> str:
-    """The path of a request target; the absolute form (``GET http://host:9100/metrics``),
-    which HTTP/1.1 servers must accept (RFC 9112 3.2.2) and proxies send, included."""
-    return urlsplit(target).path if "://" in target else target
 
 
 class _StatsCollector(Collector):

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,17 @@ IDLE_TIMEOUT_S = 5.0
 # Out of descriptors (other connections, cameras): accept fails at once while the listening
 # socket stays readable; a pause keeps that from spinning a core.
 EXHAUSTED_PAUSE_S = 0.1
+
+
+def request_path(target: str) -> str | None:
+    """The path of a request target without its query: the origin form (``/metrics?x``) or
+    the absolute form a proxy sends (``http://host:9108/metrics``, which HTTP/1.1 servers must
+    accept, RFC 9112 3.2.2). None for a target that is not one (``http://[::1/``): answered
+    400, not with a traceback in the journal at every request."""
+    try:
+        return urlsplit(target).path if "://" in target else target.partition("?")[0]
+    except ValueError:
+        return None
 
 
 def bound(server: socketserver.ThreadingMixIn, name: str) -> None:

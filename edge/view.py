@@ -23,13 +23,13 @@ import threading
 from collections.abc import Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import cv2
 import numpy as np
 
 from edge.pipeline import CameraAnalysis, Shown
-from edge.serving import bound
+from edge.serving import bound, request_path
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET()
 
     def do_GET(self) -> None:
-        path = unquote(urlsplit(self.path).path)
+        target = request_path(self.path)
+        if target is None:
+            self._send(HTTPStatus.BAD_REQUEST, "text/plain", b"not a request target\n")
+            return
+        path = unquote(target)
         host = self.headers.get("Host")
         if self.view.loopback_only and host is not None and not _is_loopback(_host_name(host)):
             body = b"forbidden: open the view as http://localhost:<port>/ or http://127.0.0.1:<port>/\n"

@@ -996,10 +996,16 @@ def test_metrics_are_served_at_slash_metrics_only_and_answer_health_checks(daemo
     connection.request("GET", f"{url}/metrics")
     assert connection.getresponse().status == 200
     connection.close()
+    # One that is no URL (an unclosed IPv6 bracket) is a bad request, not a traceback logged
+    # at every request (anyone who can connect could fill the journal).
+    with socket.create_connection(("127.0.0.1", daemon.metrics_port), timeout=5) as raw:
+        raw.sendall(b"GET http://[::1/metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert raw.makefile("rb").readline().split()[1] == b"400"
     names = daemon.metrics()
     assert 'edge_emotion_frames_processed_total{camera="clip"}' in names
     assert not [name for name in names if "_created" in name]
     assert daemon.stop() == 0, daemon.log()
+    assert "Traceback" not in daemon.log()
 
 
 def test_idle_connections_to_the_metrics_and_view_ports_are_closed(daemons):

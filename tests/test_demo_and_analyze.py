@@ -127,6 +127,43 @@ def test_files_whose_names_are_not_utf_8_are_analyzed_not_a_crash(tmp_path):
     assert set(sources[1:]) == {f"{tmp_path}/clip-\\udcff.mkv"}
 
 
+def test_a_file_named_like_an_ffmpeg_protocol_is_read_as_the_file(tmp_path):
+    """FFmpeg reads a relative name with a colon as a protocol: `pipe:0` read stdin (a
+    terminal, or here nothing) instead of the file, and `file:x.mkv` failed."""
+    for name in ("pipe:0", "file:x.mkv"):
+        (tmp_path / name).symlink_to(CLIP)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "analyze", "pipe:0", "file:x.mkv", "--json"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    sources = [json.loads(line)["source"] for line in result.stdout.splitlines()]
+    assert sources.count("pipe:0") > 70 and sources.count("file:x.mkv") == sources.count("pipe:0")
+
+
+def test_results_standard_output_refuses_end_analyze_in_one_line(tmp_path):
+    """A full disk behind `> faces.jsonl` was reported once per input file as that file's
+    error; with stdout closed the results went nowhere and the exit code was 0."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "edge", "analyze", str(CLIP), str(CLIP)], cwd=ROOT,
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+        )  # fmt: skip
+    assert (result.returncode, result.stderr) == (
+        1,
+        "edge analyze: error: the results cannot be written to standard output "
+        "(No space left on device)\n",
+    )
+    closed = subprocess.run(
+        [sys.executable, "-m", "edge", "analyze", str(CLIP)], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, timeout=300, preexec_fn=lambda: os.close(1),
+    )  # fmt: skip
+    assert (closed.returncode, closed.stderr) == (
+        1, "edge analyze: error: standard output is closed: nowhere to write the results\n"
+    )  # fmt: skip
+
+
 def test_analyze_says_when_a_file_has_no_face(tmp_path):
     """An empty output alone cannot be told from a failure (or a rotated photo's miss)."""
     import cv2

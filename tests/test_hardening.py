@@ -577,13 +577,13 @@ def test_a_sound_file_as_a_camera_is_named_as_having_no_video(daemons, tmp_path)
     assert "tuple index" not in log
 
 
-@pytest.mark.parametrize("name", ["huge.png", "huge", "huge.jfif", "huge.gif"])
+@pytest.mark.parametrize("name", ["huge.png", "huge", "huge.jfif", "huge.gif", "png-named.gif"])
 def test_analyze_skips_an_image_too_large_to_decode_and_goes_on(tmp_path, name):
     """Also a photo whose name does not say it is one: known by its content, not handed to
-    FFmpeg as a one-frame video (which decoded all 400 megapixels); and a GIF, which FFmpeg
-    reads (animated), by the canvas its header claims."""
+    FFmpeg as a one-frame video (which decoded all 400 megapixels), also under a GIF's name;
+    and a GIF, which FFmpeg reads (animated), by the canvas its header claims."""
     huge = tmp_path / name
-    (huge_gif if name.endswith(".gif") else huge_png)(huge, 20000, 20000)
+    (huge_gif if name == "huge.gif" else huge_png)(huge, 20000, 20000)
     result = run_cli("edge", "analyze", huge, CLIP, "--json")
     assert result.returncode == 1  # one file failed
     assert f"{name}: larger than 50 megapixels, skipped" in result.stderr
@@ -820,6 +820,47 @@ def test_a_spool_file_that_names_another_file_is_refused_and_the_file_kept(tmp_p
     line = one_line_exit_2(run_daemon(path, timeout=30))
     assert f"mqtt.spool_file {spool}: " in line and "give a file of its own" in line, line
     assert {p: p.read_bytes() for p in (path, model)} == before
+
+
+def test_events_that_standard_output_refuses_are_counted_and_the_daemon_stops_cleanly(tmp_path):
+    """`edge run > events.jsonl` on a full disk: each event failed with a traceback, counted
+    nowhere, and the stop ended in another (exit 1, no "stopped" line)."""
+    path = tmp_path / "edge.yaml"
+    port = free_port()
+    config = {"cameras": [{"name": "a", "source": str(CLIP), "loop": True}]}
+    path.write_text(yaml.safe_dump(config | {"metrics": {"port": port}}))
+    with open("/dev/full", "w") as full:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "edge", "run", "--config", str(path)], cwd=ROOT,
+            stdout=full, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and scraped(port, "events_dropped_total") < 1:
+            time.sleep(0.2)
+        assert scraped(port, "events_dropped_total") >= 1
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=30)
+    assert daemon.returncode == 0 and "Traceback" not in stderr, stderr
+    assert stderr.count("events cannot be written to standard output (No space left") == 1
+    assert "stopped: events delivered 0, undelivered 0, dropped" in stderr
+
+
+def scraped(port: int, name: str) -> float:
+    """A metric's value from the daemon's /metrics (0 before it serves)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as got:
+            text = got.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if f"_{name} " in line and not line.startswith("#")
+    )
 
 
 @pytest.mark.parametrize("server", ["metrics", "view"])

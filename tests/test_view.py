@@ -148,6 +148,13 @@ def test_the_page_renders_tiles_boxes_and_labels_in_a_real_browser(viewed, tmp_p
     assert daemon.stop() == 0
 
 
+def status_of_raw_request(address: tuple[str, int], request_line: str) -> int:
+    """The status code of a request sent as typed (HTTP clients refuse to send bad targets)."""
+    with socket.create_connection(address, timeout=5) as connection:
+        connection.sendall(f"{request_line}\r\nHost: localhost\r\n\r\n".encode())
+        return int(connection.makefile("rb").readline().split()[1])
+
+
 def test_the_view_serves_on_ipv6_and_answers_head(daemons):  # noqa: F811
     """``view: {host: "::1"}`` stopped start-up ("Address family for hostname not
     supported"), and HEAD (uptime checks) got 501."""
@@ -165,7 +172,11 @@ def test_the_view_serves_on_ipv6_and_answers_head(daemons):  # noqa: F811
         assert response.status == 200 and response.read() == b""
         assert int(response.headers["Content-Length"]) > 0
         assert "Python" not in response.headers["Server"]
+    # A target that is no URL (an unclosed IPv6 bracket): 400, not a closed connection with a
+    # warning in the journal at every request.
+    assert status_of_raw_request(("::1", port), f"GET http://[::1:{port}/ HTTP/1.1") == 400
     assert daemon.stop() == 0
+    assert "Invalid IPv6" not in daemon.log()
 
 
 def test_the_view_is_off_by_default_and_nothing_listens(daemons):  # noqa: F811

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import sys
 import threading
@@ -10,12 +12,15 @@ from typing import TextIO
 from edge.comms import PublisherStats
 from edge.events import CameraState, Event
 
+log = logging.getLogger(__name__)
+
 
 class StdoutPublisher:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stats = PublisherStats(connected=None)
-        self._stream = stream or sys.stdout
+        self._stream = stream or sys.stdout  # None: started with stdout closed (`>&-`)
         self._lock = threading.Lock()
+        self._failing = False
 
     def start(self) -> None:
         pass
@@ -27,6 +32,8 @@ class StdoutPublisher:
                 self.stats.dropped += 1
                 return
             try:
+                if self._stream is None:
+                    raise OSError(errno.EBADF, "standard output is closed")
                 self._stream.write(line + "\n")
                 self._stream.flush()
             except BrokenPipeError:
@@ -37,6 +44,21 @@ class StdoutPublisher:
                 self.stats.dropped += 1
                 os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
                 return
+            except OSError as error:
+                # A full disk behind `> events.jsonl`, a closed stdout: the event is lost, so
+                # it is counted and said (once per failing spell), and analysis goes on.
+                self.stats.dropped += 1
+                if not self._failing:
+                    log.warning(
+                        "events cannot be written to standard output (%s): dropped, counted "
+                        "in edge_emotion_events_dropped_total",
+                        error.strerror or error,
+                    )
+                self._failing = True
+                return
+            if self._failing:
+                log.warning("events are written to standard output again")
+            self._failing = False
             self.stats.published += 1
 
     def publish_state(self, state: CameraState) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -80,7 +81,9 @@ class CameraConfig(Section):
             )
         if not Path(value).is_file():
             raise ValueError("no such video file (nor a stream URL or USB camera index)")
-        return value
+        # Absolute: FFmpeg reads a relative name with a colon (``pipe:0``, ``file:x.mkv``) as
+        # one of its protocols, so a file so named was never opened (stdin was read instead).
+        return os.path.abspath(value)
 
     @property
     def kind(self) -> str:
