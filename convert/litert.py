@@ -53,7 +53,8 @@ def _dies_quietly_on_interrupt() -> None:
     """Ctrl-C reaches the worker too (one process group): it ends without a traceback of its
     own, and the toolchain says "interrupted" once. Blocked until here: one sent while the
     worker imported (this module, numpy) printed the import's traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # as the toolchain's, inherited
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 

@@ -90,6 +90,15 @@ def run_cli(
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def default_ctrl_c() -> None:
+    """In a command's process, Ctrl-C as a terminal's foreground job gets it: a runner may
+    start the tests with SIGINT ignored (a shell's background job, `cmd &` in a script), which
+    children inherit (and which a command should respect)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupted_after(seconds: float, module: str, *args: str | os.PathLike) -> Result:
     """``python -m MODULE ARGS`` sent Ctrl-C (SIGINT) ``seconds`` after it starts. The moment
     is the point (an import, a model load, the work), so this waits by the clock."""
@@ -102,9 +111,7 @@ def interrupted_after(seconds: float, module: str, *args: str | os.PathLike) -> 
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        # As a terminal's foreground job gets it: a runner may start the tests with SIGINT
-        # ignored, which children inherit (and which a command should respect).
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_ctrl_c,
     )
     time.sleep(seconds)
     proc.send_signal(signal.SIGINT)

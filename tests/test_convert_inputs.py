@@ -13,11 +13,21 @@ import sys
 import textwrap
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FER, MNV2_WEIGHTS, ROOT, SAMPLE_CSV, huge_png, interrupted_after, run_cli
+from conftest import (
+    FER,
+    MNV2_WEIGHTS,
+    ROOT,
+    SAMPLE_CSV,
+    default_ctrl_c,
+    huge_png,
+    interrupted_after,
+    run_cli,
+)
 
 from convert import EMOTIONS, ConvertError
 from edge.emotions import ModelMetadata
@@ -859,7 +869,7 @@ def test_ctrl_c_inside_an_extensions_own_python_code_still_exits_130(tmp_path):
     run = subprocess.Popen(
         [sys.executable, "-m", "nested"], cwd=tmp_path, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_ctrl_c,
     )  # fmt: skip
     assert run.stdout.readline() == "inside\n"
     run.send_signal(signal.SIGINT)
@@ -898,7 +908,7 @@ def test_ctrl_c_that_lands_in_a_finaliser_still_ends_the_command_with_130(tmp_pa
     )
     result = subprocess.run(
         [sys.executable, "-m", "finaliser"], cwd=tmp_path, capture_output=True, text=True,
-        timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        timeout=60, preexec_fn=default_ctrl_c,
     )  # fmt: skip
     assert result.stdout == "ran on\n"  # the interrupt was swallowed in the finaliser
     assert (result.returncode, result.stderr) == (130, "tool x: interrupted\n")
@@ -908,6 +918,23 @@ def test_ctrl_c_that_lands_in_a_finaliser_still_ends_the_command_with_130(tmp_pa
 def test_ctrl_c_while_the_litert_worker_starts_is_one_line(tmp_path, after):
     """Ctrl-C reaches the whole process group, so also the worker that runs TFLite files for
     export and evaluate: while it was still importing, it printed its own traceback."""
+    result = run_litert_worker(tmp_path, after, job_s=30, on_ctrl_c=default_ctrl_c)
+    assert (result.returncode, result.stderr) == (130, "tool x: interrupted\n")
+
+
+def test_a_command_started_ignoring_ctrl_c_keeps_its_litert_worker(tmp_path):
+    """`convert export ... &` in a script, or under nohup: the command ignores Ctrl-C, and so
+    must its worker (it died, and the export ended in "the LiteRT interpreter crashed")."""
+    result = run_litert_worker(
+        tmp_path, 0.5, job_s=2, on_ctrl_c=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)
+    )
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def run_litert_worker(
+    tmp_path: Path, after: float, job_s: float, on_ctrl_c: Callable[[], object]
+) -> subprocess.CompletedProcess:
+    """A command whose LiteRT worker runs for ``job_s``; Ctrl-C to its group ``after`` s."""
     (tmp_path / "worker.py").write_text(
         textwrap.dedent(
             f"""
@@ -923,18 +950,18 @@ def test_ctrl_c_while_the_litert_worker_starts_is_one_line(tmp_path, after):
                 from convert.litert import in_litert_process
 
                 threading.Timer({after}, os.killpg, (0, signal.SIGINT)).start()
-                return in_litert_process(time.sleep, 30)
+                return in_litert_process(time.sleep, {job_s})
 
             if __name__ == "__main__":  # the worker imports this module (spawn)
                 sys.exit(Interrupts("tool").run(command, sys.argv[1:]))
             """
         )
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "worker", "x"], cwd=tmp_path, capture_output=True, text=True,
         timeout=60, start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=on_ctrl_c,
     )  # fmt: skip
-    assert (result.returncode, result.stderr) == (130, "tool x: interrupted\n")
 
 
 def test_ctrl_c_while_python_shuts_down_after_the_command_is_one_line(tmp_path):
@@ -972,7 +999,7 @@ def test_ctrl_c_while_python_shuts_down_after_the_command_is_one_line(tmp_path):
     )
     result = subprocess.run(
         [sys.executable, "-m", "ending", "x"], cwd=tmp_path, capture_output=True, text=True,
-        timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=default_ctrl_c,
     )  # fmt: skip
     assert (result.returncode, result.stdout, result.stderr) == (
         130, "result\n", "tool x: interrupted\n"
@@ -996,7 +1023,7 @@ def test_an_interrupted_run_keeps_the_model_at_out_and_resumes(tmp_path):
     def interrupted() -> None:
         run = subprocess.Popen(
             list(map(str, command)), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
+            text=True, preexec_fn=default_ctrl_c,
         )  # fmt: skip
         deadline = time.monotonic() + 300
         while not (partial.is_file() and zipfile.is_zipfile(partial)) and run.poll() is None:

@@ -548,9 +548,12 @@ def test_fine_tunes_of_one_model_average_into_a_model_that_exports(trained: Path
     history = json.loads(soup.with_suffix(".history.json").read_text())
     assert history["averaged"] == [str(t.resolve()) for t in tunes]
     exported = tmp_path / "soup.tflite"
+    # A 32-px model of one epoch on the sample sits near chance, with scores so close that
+    # float16 turned one of the 70 val faces (1.43 points, over the default 1.0) once in CI.
     result = run_cli(
-        "convert", "export", "--model", soup, "--quantize", "float16", "--out", exported
-    )
+        "convert", "export", "--model", soup, "--quantize", "float16", "--max-drop", "5",
+        "--out", exported,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
     result = run_cli("convert", "average", "--model", trained, "--model", tunes[0], "--out", soup)
