@@ -20,7 +20,6 @@ _COMMAND_LINE = __name__ == "__main__" or os.path.basename(sys.argv[0]) == "edge
 _INTERRUPTS = Interrupts("convert") if _COMMAND_LINE else None
 
 import argparse  # noqa: E402
-import re  # noqa: E402
 from dataclasses import fields  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -475,9 +474,9 @@ def _output_file(out: Path, suffix: str, what: str, model: Path | None = None) -
 def _local(flag: str, path: Path) -> None:
     """A URL (``http://user:pass@host/m.tflite``) is refused, not made into local folders
     named after the host, with its password printed in "saved to ..." (errors are masked)."""
-    from edge.config.camera import SCHEME_NAME
+    from edge.config.camera import URL_AS_PATH
 
-    if re.match(rf"{SCHEME_NAME}:/", str(path)):
+    if URL_AS_PATH.match(str(path)):
         raise ConvertError(f"{flag} {path}: a URL; the toolchain writes local files")
 
 

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 
 from edge import DEFAULT_MODEL, MAX_IMAGE_PIXELS
 from edge.cli import say_error
-from edge.config.camera import SCHEME_NAME
+from edge.config.camera import URL_AS_PATH
 from edge.emotions import EmotionClassifier, native_stderr_silenced
 from edge.faces import FaceDetector, crop, to_gray
 
@@ -28,8 +27,6 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".p
 # Reads that fail in a row before a video counts as ended: a damaged stretch of a file fails a
 # few frames, and the frames after it are read (it stopped at the first, with exit code 0).
 MAX_UNREADABLE_FRAMES = 25
-# ``rtsp://cam/x`` as pathlib keeps it (``rtsp:/cam/x``), when no such file exists.
-STREAM_URL = re.compile(rf"{SCHEME_NAME}:/")
 ANIMATION_CHUNK = 16  # frames of an animated WebP/PNG decoded at a time (not all at once)
 
 
@@ -122,7 +119,7 @@ def frames(path: Path) -> Iterator[tuple[int, np.ndarray]]:
     if path.is_dir():
         raise OSError(f"{path}: a directory, not an image or video")
     if not path.exists():
-        if STREAM_URL.match(str(path)):
+        if URL_AS_PATH.match(str(path)):
             raise OSError(
                 f"{path}: a stream URL; analyze reads image and video files (a camera goes in "
                 "the configuration of `edge run`)"

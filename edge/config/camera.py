@@ -154,6 +154,8 @@ def _mask_pair(match: re.Match) -> str:
 # A URL given where a path goes (``edge analyze rtsp://user:pass@cam/x``) comes back from
 # ``pathlib`` with one slash: ``rtsp:/user:pass@cam/x``.
 COLLAPSED_URL = re.compile(rf"({SCHEME_NAME}:/)[^/\s]\S*@")
+# Such a path, with or without credentials (``match`` it against ``str(path)``).
+URL_AS_PATH = re.compile(rf"{SCHEME_NAME}:/")
 
 
 def mask_urls(text: str) -> str:
