@@ -21,6 +21,7 @@ import logging
 import socket
 import threading
 from collections.abc import Sequence
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
@@ -101,6 +102,14 @@ class ViewServer:
         return jpeg.tobytes() if ok else None
 
 
+def _malformed_host(headers: Message) -> bool:
+    """Two Host headers, or a header line the parser could not read (``Host : evil.example``,
+    a blank before the colon), which RFC 9112 (3.2, 5.1) says to answer 400: the parser took
+    that line and all after it for the body, so the request had no Host to check against a
+    DNS-rebinding page's."""
+    return len(headers.get_all("Host") or []) > 1 or bool(headers.defects)
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() in ("localhost", "localhost."):
         return True
@@ -142,6 +151,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.BAD_REQUEST, "text/plain", b"not a request target\n")
             return
         path = unquote(target)
+        if _malformed_host(self.headers):
+            self._send(HTTPStatus.BAD_REQUEST, "text/plain", b"malformed or repeated Host header\n")
+            return
         host = self.headers.get("Host")
         if self.view.loopback_only and host is not None and not _is_loopback(_host_name(host)):
             body = b"forbidden: open the view as http://localhost:<port>/ or http://127.0.0.1:<port>/\n"

@@ -130,6 +130,11 @@ def test_a_web_page_cannot_read_the_cameras_through_dns_rebinding(viewed):
         except urllib.error.HTTPError as error:
             got = error.code
         assert got == status, host
+    # A header name with a blank before its colon, or two Hosts: a bad request (RFC 9112),
+    # not a request without the Host the check reads.
+    address = ("127.0.0.1", port)
+    for headers in ("Host : evil.example", f"Host: localhost:{port}\r\nHost: evil.example"):
+        assert status_of_raw_request(address, "GET /api/cameras HTTP/1.1", headers) == 400
     assert daemon.stop() == 0
 
 
@@ -148,10 +153,12 @@ def test_the_page_renders_tiles_boxes_and_labels_in_a_real_browser(viewed, tmp_p
     assert daemon.stop() == 0
 
 
-def status_of_raw_request(address: tuple[str, int], request_line: str) -> int:
+def status_of_raw_request(
+    address: tuple[str, int], request_line: str, headers: str = "Host: localhost"
+) -> int:
     """The status code of a request sent as typed (HTTP clients refuse to send bad targets)."""
     with socket.create_connection(address, timeout=5) as connection:
-        connection.sendall(f"{request_line}\r\nHost: localhost\r\n\r\n".encode())
+        connection.sendall(f"{request_line}\r\n{headers}\r\n\r\n".encode())
         return int(connection.makefile("rb").readline().split()[1])
 
 
