@@ -7,7 +7,6 @@ tracked or smoothed, so every frame's raw result is visible.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import sys
@@ -39,7 +38,7 @@ def is_image(path: Path, name: str) -> bool:
         return True
     # A GIF by its content, not its name: a PNG of 16000x16000 named .gif went to FFmpeg,
     # past the image path's pixel limit (2 GB of memory for a 249 KB file).
-    return not _is_gif(path) and cv2.haveImageReader(name)
+    return _gif_header(path) is None and cv2.haveImageReader(name)
 
 
 @contextlib.contextmanager
@@ -74,8 +73,6 @@ class ResultsNotWritten(Exception):
 
 def _result(text: str) -> None:
     try:
-        if sys.stdout is None:  # started with it closed (`>&-`)
-            raise OSError(errno.EBADF, "standard output is closed")
         print(text, flush=True)  # a full disk is found here, not in a silent last flush
     except BrokenPipeError:
         raise  # the reader of our output went away: stop (edge.__main__ ends quietly)
@@ -87,7 +84,7 @@ def _result(text: str) -> None:
 
 def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
     """Print every face of every frame; a file that cannot be read is reported, the rest go on."""
-    if sys.stdout is None:
+    if sys.stdout is None:  # started with it closed (`>&-`)
         raise ResultsNotWritten("standard output is closed: nowhere to write the results")
     classifier = EmotionClassifier(model or DEFAULT_MODEL)
     detector = FaceDetector()  # every frame fully scanned: offline results are exhaustive
@@ -199,10 +196,6 @@ def _gif_header(path: Path) -> bytes | None:
     with path.open("rb") as file:
         header = file.read(10)
     return header if header[:6] in (b"GIF87a", b"GIF89a") else None
-
-
-def _is_gif(path: Path) -> bool:
-    return _gif_header(path) is not None
 
 
 def _pixels_claimed(path: Path) -> int:
