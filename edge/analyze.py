@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from edge import DEFAULT_MODEL, MAX_IMAGE_PIXELS
-from edge.cli import say_error
+from edge.cli import one_line, say_error
 from edge.config.camera import URL_AS_PATH
 from edge.emotions import EmotionClassifier, native_stderr_silenced
 from edge.faces import FaceDetector, crop, to_gray
@@ -100,8 +100,9 @@ def analyze(paths: list[Path], model: Path | None, as_json: bool) -> int:
                     _result(line(path, index, box.as_list(), classifier.labels, p, as_json))
                 found += len(boxes)
             if not found:  # said, so an empty output is not mistaken for a failure or a hang
+                name = one_line(shown(path))
                 print(
-                    f"edge analyze: {path}: no face found (frontal faces of 40 px or more)",
+                    f"edge analyze: {name}: no face found (frontal faces of 40 px or more)",
                     file=sys.stderr,
                 )
         except BrokenPipeError:
@@ -216,7 +217,7 @@ def line(
 ) -> str:
     best = int(probs.argmax())
     if not as_json:
-        return f"{shown(path)}\tframe {index}\t{box}\t{labels[best]}\t{probs[best]:.2f}"
+        return f"{one_line(shown(path))}\tframe {index}\t{box}\t{labels[best]}\t{probs[best]:.2f}"
     return json.dumps(
         {
             "source": shown(path),

@@ -74,13 +74,19 @@ _ESCAPED = {
 }
 
 
+def one_line(text: str) -> str:
+    """``text`` with its control characters and line separators escaped: a file name with a
+    tab or line break quoted in an error or a result keeps it on its one line."""
+    return text.translate(_ESCAPED)
+
+
 def say_error(prog: str, message: str) -> None:
     """A start-up or input error as one line on stderr: ``PROG: error: MESSAGE``, with every
     URL in it masked (a URL typed where a path goes carries its password along), escaped
     first: a tab in a password ended the URL before its ``@``."""
     from edge.config.camera import mask_urls
 
-    print(f"{prog}: error: {mask_urls(message.translate(_ESCAPED))}", file=sys.stderr)
+    print(f"{prog}: error: {mask_urls(one_line(message))}", file=sys.stderr)
 
 
 class OneLineParser(argparse.ArgumentParser):

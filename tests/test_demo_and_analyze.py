@@ -127,6 +127,29 @@ def test_files_whose_names_are_not_utf_8_are_analyzed_not_a_crash(tmp_path):
     assert set(sources[1:]) == {f"{tmp_path}/clip-\\udcff.mkv"}
 
 
+def test_a_name_with_a_line_break_or_tab_keeps_each_result_on_its_line(tmp_path):
+    """The table is one line per face, tab-separated: a file name's own line break made two
+    lines of one result (the second named no file), and its tab a column too many."""
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    photo, wall = tmp_path / "crew\nphoto\t1.png", tmp_path / "blank\nwall.png"
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    (tmp_path / "a.png").rename(photo)
+    cv2.imwrite(str(tmp_path / "w.png"), np.full((240, 320), 128, np.uint8))
+    (tmp_path / "w.png").rename(wall)
+    result = run_cli("edge", "analyze", photo, wall)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert rows and all(len(row) == 5 for row in rows), result.stdout
+    assert {row[0] for row in rows} == {f"{tmp_path}/crew\\nphoto\\t1.png"}
+    assert result.stderr == (
+        f"edge analyze: {tmp_path}/blank\\nwall.png: "
+        "no face found (frontal faces of 40 px or more)\n"
+    )
+
+
 def test_a_file_named_like_an_ffmpeg_protocol_is_read_as_the_file(tmp_path):
     """FFmpeg reads a relative name with a colon as a protocol: `pipe:0` read stdin (a
     terminal, or here nothing) instead of the file, and `file:x.mkv` failed."""
