@@ -106,6 +106,10 @@ class Source(Protocol):
 Opener = Callable[[CameraConfig], Source]
 
 
+class FrameTooLarge(OSError):
+    """A frame over MAX_IMAGE_PIXELS: the session ends, as for any read failure."""
+
+
 class FFmpegSource:
     """A network stream or a video file, demuxed and decoded by FFmpeg (PyAV)."""
 
@@ -117,7 +121,11 @@ class FFmpegSource:
         timeout = (camera.open_timeout_s, camera.read_timeout_s)
         started = time.monotonic()
         try:
-            self._container = av.open(str(camera.source), options=options, timeout=timeout)
+            # A title in Latin-1 (a camera's SDP session name, a file's tag) is not ours to
+            # read: with PyAV's strict default it made the camera impossible to open.
+            self._container = av.open(
+                str(camera.source), options=options, timeout=timeout, metadata_errors="replace"
+            )
         except (av.FFmpegError, OSError, ValueError) as error:
             # The open timeout ends the open with whatever FFmpeg was reading ("Invalid data
             # found when processing input" for a camera that never answered): said as it is.
@@ -134,17 +142,22 @@ class FFmpegSource:
         try:
             self._stream = self._container.streams.video[0]
             codec = self._stream.codec_context
+            if codec is None:  # FFmpeg has no decoder for it (a vendor's own codec id)
+                self.close()
+                raise OSError(
+                    f"cannot open {camera.masked_source()}: no decoder for its video "
+                    f"(codec {_codec_name(self._stream)!r})"
+                )
             codec.thread_count, codec.thread_type = 1, "NONE"
         except (av.FFmpegError, RuntimeError) as error:
             self.close()
             raise OSError(f"cannot open {camera.masked_source()}: no video ({error})") from None
-        if codec.width * codec.height > MAX_IMAGE_PIXELS:
+        if _too_large(codec.width, codec.height):
             # A 500-byte GIF can declare a 16000x16000 canvas: 3 GB per frame for the whole
             # daemon, every camera with it. edge analyze refuses such files too.
             self.close()
             raise OSError(
-                f"cannot open {camera.masked_source()}: {codec.width}x{codec.height} is larger "
-                f"than {MAX_IMAGE_PIXELS // 10**6} megapixels"
+                f"cannot open {camera.masked_source()}: {_too_large(codec.width, codec.height)}"
             )
         self.finite = camera.kind == "file" or _recording(camera, self._container)
         rate = self._stream.average_rate or self._stream.guessed_rate
@@ -164,12 +177,36 @@ class FFmpegSource:
                     continue
                 bad = 0
                 for frame in decoded:
+                    # Checked per frame too: a stream may start small and grow (a new SPS),
+                    # and one that opened before its size was known declared 0x0.
+                    too_large = _too_large(frame.width, frame.height)
+                    if too_large:
+                        raise FrameTooLarge(
+                            f"{self.camera.masked_source()}: a frame of {too_large}"
+                        )
                     yield upright(frame, luma(frame))
+        except FrameTooLarge:
+            raise
         except (av.FFmpegError, OSError, ValueError) as error:
             raise OSError(f"{self.camera.masked_source()}: {_reason(error)}") from None
 
     def close(self) -> None:
         self._container.close()
+
+
+def _too_large(width: int, height: int) -> str:
+    """Why an image of this size is refused, or "" when it is not."""
+    if width * height <= MAX_IMAGE_PIXELS:
+        return ""
+    return f"{width}x{height} is larger than {MAX_IMAGE_PIXELS // 10**6} megapixels"
+
+
+def _codec_name(stream: av.video.stream.VideoStream) -> str:
+    """The stream's codec as the container names it (no decoder means no codec context)."""
+    try:
+        return stream.codec.name
+    except Exception:  # only a name for the message
+        return "unknown"
 
 
 def luma(frame: av.VideoFrame) -> np.ndarray:

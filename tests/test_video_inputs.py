@@ -200,3 +200,59 @@ def test_a_recording_on_a_web_server_is_played_once_at_its_own_rate(tmp_path):
     assert took >= duration  # played at its own rate, not as fast as it downloads
     starts = [line for line in run.stdout.splitlines() if '"event":"start"' in line]
     assert len(starts) == 1, run.stdout
+
+
+def test_a_camera_whose_codec_ffmpeg_cannot_decode_is_said_and_the_others_go_on(tmp_path):
+    """A vendor's own codec id: FFmpeg demuxes the stream but has no decoder for it. That
+    crashed the camera's reader, and the daemon exited 1 to be restarted, every camera with
+    it, again and again under systemd."""
+    content = CLIP.read_bytes()
+    assert content.count(b"V_MPEG4/ISO/AVC") == 1
+    odd = tmp_path / "odd.mkv"
+    odd.write_bytes(content.replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/XYZ"))
+    config = tmp_path / "edge.yaml"
+    cameras = [{"name": "odd", "source": str(odd)}, {"name": "clip", "source": str(CLIP)}]
+    config.write_text(yaml.safe_dump({"cameras": cameras, "metrics": {"enabled": False}}))
+    run = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert f"camera odd: cannot open {odd}: no decoder for its video" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    assert {e["camera"] for e in events if e["event"] == "start"} == {"clip"}, run.stdout
+
+
+def test_a_title_that_is_not_utf_8_does_not_keep_a_video_from_being_read(tmp_path):
+    """A Latin-1 title (a camera's RTSP session name, a file's tag) made every open fail
+    with a UnicodeDecodeError: the camera was never read."""
+    content = CLIP.read_bytes()
+    tag = b"ENCODERD\x87\x8dLavf58.20.100"  # the ENCODER tag and its 13-byte value
+    assert content.count(tag) == 1
+    latin = tmp_path / "latin.mkv"
+    latin.write_bytes(content.replace(tag, tag[:-3] + b"\xe9t\xe9"))
+    assert len(frames_of(latin)) >= 70  # of 77
+
+
+def test_a_stream_whose_frames_grow_past_the_pixel_limit_is_cut(tmp_path):
+    """The size limit was checked at the open only: a stream that starts small and then
+    sends 63-megapixel frames had them decoded and scanned for faces, gigabytes per camera."""
+    import cv2
+
+    small = cv2.imencode(".jpg", np.full((240, 320), 128, np.uint8))[1].tobytes()
+    huge = cv2.imencode(".jpg", np.full((7000, 9000), 128, np.uint8))[1].tobytes()
+    stream = tmp_path / "grows.mjpeg"
+    stream.write_bytes(small * 20 + huge * 3)
+    source = FFmpegSource(CameraConfig(name="grows", source=str(stream)))
+    read = []
+    try:
+        for frame in source.frames():
+            read.append(frame.shape)
+    except OSError as error:
+        assert str(error) == f"{stream}: a frame of 9000x7000 is larger than 50 megapixels"
+    else:
+        raise AssertionError(f"every frame was read: {read[-1]}")
+    finally:
+        source.close()
+    assert set(read) == {(240, 320)} and len(read) >= 10
