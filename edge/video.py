@@ -45,10 +45,13 @@ BACKOFF_MAX_S = 5.0
 # two (an HTTP snapshot URL, a server that drops every session) is reopened with the backoff
 # of a failed open, not at once, and warned about once, not at every cycle.
 STABLE_S = 10.0
-# A refusal by the server (wrong password, wrong path) needs the operator: many cameras lock an
-# account after a few failed logins, so it is retried at most once a minute.
+# A refusal by the server (wrong password, wrong path) needs the operator: it is retried at
+# most once a minute. A login refused is retried a minute later from the first: many cameras
+# lock an account after three to five failed logins, which the doubling from 0.5 s took 4 s to
+# reach. A wrong path (404) doubles up to the minute: an NVR may serve a path only once booted.
 REFUSED_BACKOFF_MAX_S = 60.0
 REFUSALS = ("Server returned 401", "Server returned 403", "Server returned 404")
+LOGIN_REFUSALS = ("Server returned 401", "Server returned 403")
 FULL_RANGE = 2  # AVCOL_RANGE_JPEG
 LIMITED_TO_FULL = np.clip((np.arange(256) - 16) * 255 / 219 + 0.5, 0, 255).astype(np.uint8)
 # FFmpeg probes a stream for 5 s (analyzeduration) before handing over its first frame; half a
@@ -397,6 +400,8 @@ class CameraReader:
                         return  # an open cut short by the stop (or a reload): not an outage
                     if self._unreadable_file(str(error)):
                         return
+                    if any(word in str(error) for word in LOGIN_REFUSALS):
+                        backoff = REFUSED_BACKOFF_MAX_S
                     self._down(f"{error}; retrying in {backoff:.1f} s")
                     backoff = self._pause(backoff, refused=_refused(str(error)))
                     continue
@@ -484,6 +489,10 @@ class CameraReader:
                     # had, to fail only at the next timeout: a frozen camera was up for twice
                     # the timeout. A slow camera inside the timeout is not down.
                     self._down(f"no frame for {now - last:.1f} s (read_timeout_s)")
+                    # That frame is FFmpeg's leftover from before the silence, not the scene
+                    # now: analysed as new, its face started a track that was already gone.
+                    last = now
+                    continue
                 elif not self.stats.up:
                     self._up(first_ever=index == 0)
                 elif self._flapping and now - opened >= STABLE_S:

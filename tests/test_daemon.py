@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -406,25 +407,32 @@ def test_a_flapping_camera_is_one_warning_and_its_recovery_is_logged(daemons):
 def test_a_frozen_camera_is_down_once_silent_for_read_timeout_s(daemons):
     """A camera that hangs with its connection open is down (``camera_up`` 0, one warning)
     once it has been silent for read_timeout_s: FFmpeg hands over one more frame when its
-    read times out and fails only at the next timeout, which kept it up for twice as long."""
+    read times out and fails only at the next timeout, which kept it up for twice as long.
+    That last frame is from before the silence: analysed as new, its face was a track that
+    started seconds after the camera froze."""
     server = RtspServer(CLIP).start()
     try:
         camera = {"name": "frozen", "source": server.url(), "fps": 5, "read_timeout_s": 4}
-        daemon = daemons({"cameras": [camera]})
+        daemon = daemons({"cameras": [camera], "tracking": {"confirm_frames": 1}})
         up = 'edge_emotion_camera_up{camera="frozen"}'
         # Delivering for longer than the 10 s that make a session steady (15 fps).
         read = 'edge_emotion_frames_read_total{camera="frozen"}'
         daemon.wait_metric(read, lambda v: v >= 11 * 15, timeout=40)
+        frozen = time.time()
         server.freeze()
         daemon.wait_metric(up, lambda v: v == 0, timeout=6.5)  # not 8 s: 2 x read_timeout_s
         daemon.wait_log(lambda text: "camera frozen: no frame for" in text, timeout=5)
         reconnects = 'edge_emotion_camera_reconnects_total{camera="frozen"}'
         daemon.wait_metric(reconnects, lambda v: v == 1, timeout=15)  # the session gave up
+        thawed = time.time()
         server.thaw()
         daemon.wait_metric(up, lambda v: v == 1, timeout=30)
         warnings = [line for line in daemon.log().splitlines() if "WARNING" in line]
         assert len(warnings) == 1, daemon.log()  # one outage, one line
         assert daemon.stop() == 0
+        seen = [json.loads(line) for line in daemon.proc.stdout.read().splitlines()]
+        when = [datetime.fromisoformat(e["frame_time"]).timestamp() for e in seen]
+        assert [e for e, t in zip(seen, when, strict=True) if frozen + 1 < t < thawed] == [], seen
     finally:
         server.stop()
 
@@ -663,6 +671,40 @@ def test_a_camera_that_streams_only_over_udp_is_read_with_rtsp_transport_udp(dae
         assert daemon.stop() == 0, daemon.log()
     finally:
         server.stop()
+
+
+def test_a_camera_that_refuses_the_login_is_tried_again_a_minute_later_not_at_once(daemons):
+    """Many cameras lock the account after three to five failed logins: the retries came
+    0.5, 1, 2 and 4 s apart, and a wrong password locked it within seconds."""
+    import http.server
+
+    logins = []
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.headers.get("Authorization"):  # FFmpeg asks without it first
+                logins.append(self.path)
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="camera"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://viewer:wrong@127.0.0.1:{server.server_port}/video.mjpg"
+        daemon = daemons({"cameras": [{"name": "gate", "source": url}]})
+        log = daemon.wait_log(lambda text: "camera gate" in text and "retrying" in text, 30)
+        assert "401 Unauthorized" in log and "retrying in 60.0 s" in log, log
+        assert "wrong" not in log
+        daemon.wait_metric('edge_emotion_camera_up{camera="gate"}', lambda v: v == 0, 5)
+        assert daemon.stop() == 0, daemon.log()
+        assert len(logins) == 1, logins
+    finally:
+        server.shutdown()
 
 
 def test_cameras_that_hang_never_delay_a_live_camera_start_or_recovery(daemons):
