@@ -241,9 +241,13 @@ def _recording(camera: CameraConfig, container: av.container.InputContainer) -> 
     """An HTTP(S) URL with a duration is a recording (an MP4 on a web server, an HLS playlist
     that ends), not a camera: played at its own rate and once, like a file, instead of being
     downloaded as fast as it comes and replayed as a camera that "returned" after each end.
-    Live HTTP streams (MJPEG, live HLS) have no duration; RTSP is always taken as a camera."""
+    Live HTTP streams (MJPEG, live HLS) have no duration; RTSP is always taken as a camera.
+    Nor is a snapshot URL (one still image per request, which FFmpeg may give the duration of
+    one frame) a recording: it is a camera, read again and again."""
     web = str(camera.source).startswith(("http://", "https://"))  # scheme lowercased by config
-    return web and (container.duration or 0) > 0
+    name = container.format.name
+    still = name == "image2" or name.endswith("_pipe")  # jpeg_pipe, png_pipe, ...
+    return web and not still and (container.duration or 0) > 0
 
 
 def _refused(error: str) -> bool:
@@ -504,11 +508,13 @@ class CameraReader:
                     next_due += source.pace
                     self._stop.wait(max(0.0, next_due - time.monotonic()))
         except OSError as error:
-            if self.camera.kind == "file" and index > 0:
-                # Damaged past what can be skipped: the rest of the file cannot be read, and
-                # reading it again from the start would repeat the same faces, forever.
+            if source.finite and index > 0:
+                # Damaged past what can be skipped, or a recording's download cut: the rest
+                # cannot be read, and reading it again from the start would repeat the same
+                # faces, forever.
+                what = "file" if self.camera.kind == "file" else "recording"
                 log.warning(
-                    "camera %s: %s; the rest of the file is skipped", self.camera.name, error
+                    "camera %s: %s; the rest of the %s is skipped", self.camera.name, error, what
                 )
                 return index, True, str(error)
             return index, False, str(error)

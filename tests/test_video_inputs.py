@@ -15,6 +15,7 @@ import av
 import numpy as np
 import yaml
 from conftest import ROOT, SHARED, huge_gif
+from test_daemon import daemons  # noqa: F401 (fixture)
 
 from edge.config import CameraConfig
 from edge.faces import FaceDetector
@@ -256,3 +257,70 @@ def test_a_stream_whose_frames_grow_past_the_pixel_limit_is_cut(tmp_path):
     finally:
         source.close()
     assert set(read) == {(240, 320)} and len(read) >= 10
+
+
+def serve(folder: Path, cut_at: float | None = None) -> tuple[http.server.HTTPServer, list[str]]:
+    """A web server for ``folder``'s files; ``cut_at``: each download drops at that share of
+    the file (its full length announced), as a connection that breaks does."""
+    requests: list[str] = []
+
+    class Files(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(folder), **kwargs)
+
+        def do_GET(self) -> None:
+            requests.append(self.path)
+            if cut_at is None:
+                super().do_GET()
+                return
+            content = (folder / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "video/x-matroska")
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content[: int(len(content) * cut_at)])
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, requests
+
+
+def test_a_snapshot_url_is_a_camera_read_again_and_again(tmp_path, daemons):  # noqa: F811
+    """A camera's still-image URL (`/snapshot.jpg`): FFmpeg gives such a JPEG the duration of
+    one frame, so it was taken for a recording, read once, and the daemon, its only camera
+    ended, exited 0: systemd does not restart that."""
+    import cv2
+    from skimage import data
+
+    cv2.imwrite(str(tmp_path / "snapshot.jpg"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    server, requests = serve(tmp_path)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/snapshot.jpg"
+        daemon = daemons({"cameras": [{"name": "porch", "source": url}]})
+        read = 'edge_emotion_frames_read_total{camera="porch"}'
+        daemon.wait_metric(read, lambda v: v >= 3, timeout=30)
+        assert daemon.stop() == 0, daemon.log()
+        assert "end of the recording" not in daemon.log()
+        assert len(requests) >= 3
+    finally:
+        server.shutdown()
+
+
+def test_a_recording_whose_download_breaks_is_not_replayed_from_the_start(tmp_path):
+    """A recording on a web server whose connection drops at 80%: it was reopened from the
+    start after each drop, forever, each pass the same faces reported again."""
+    server, requests = serve(CLIP.parent, cut_at=0.8)
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{CLIP.name}"
+        run = daemon_until_sources_end(tmp_path, {"name": "nvr", "source": url, "fps": 10})
+    finally:
+        server.shutdown()
+    assert run.returncode == 0, run.stderr[-2000:]  # the source ended
+    assert "the rest of the recording is skipped" in run.stderr, run.stderr[-2000:]
+    assert len(requests) == 1, requests
+    starts = [line for line in run.stdout.splitlines() if '"event":"start"' in line]
+    assert len(starts) == 1, run.stdout
