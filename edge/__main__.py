@@ -188,15 +188,12 @@ def reload_in_place(checked: bytes | None) -> None:
 
 def check_config(args: argparse.Namespace) -> int:
     """What ``run`` would refuse at start-up, refused here too: the model is loaded (file,
-    metadata, interpreter), not just found, and TLS files are loaded as the client will."""
-    from edge.emotions import EmotionClassifier
+    metadata, interpreter), not just found, TLS files are loaded as the client will, and a
+    spool file must be one (``edge.preflight``, which a reload runs too)."""
+    from edge.preflight import preflight
 
     config = load_config(args.config)
-    EmotionClassifier(config.model.path)
-    if config.mqtt and config.mqtt.tls:  # certificates, key and its passphrase, as run uses them
-        from edge.comms.mqtt import tls_context
-
-        tls_context(config.mqtt.tls)
+    preflight(config)
     for what, server in (("metrics", config.metrics), ("view", config.view)):
         if server.enabled:  # resolved, not bound: the running service may hold the port
             _resolvable(what, server.host, server.port)

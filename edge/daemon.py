@@ -22,6 +22,7 @@ from edge.emotions import EmotionClassifier, ModelError
 from edge.faces import FaceDetector, FaceScanner
 from edge.metrics import Metrics
 from edge.pipeline import AnalysisPool, CameraAnalysis
+from edge.preflight import preflight
 from edge.track import Tracker
 from edge.video import CameraReader
 from edge.view import ViewServer
@@ -33,6 +34,8 @@ T = TypeVar("T")
 # Together well inside the 5 s a stop may take: stop the analysis, then flush and say offline.
 PIPELINE_STOP_S = 1.5
 SHUTDOWN_FLUSH_S = 2.5
+# Then the camera readers, all of them together (Daemon._join_readers).
+READERS_JOIN_S = 0.5
 
 
 class Daemon:
@@ -191,8 +194,7 @@ class Daemon:
         if self.view is not None:
             self.view.stop()
         self.publisher.close(SHUTDOWN_FLUSH_S)
-        for reader in self.readers:
-            reader.join(0.2)
+        self._join_readers(READERS_JOIN_S)
         stats = self.publisher.stats
         log.info(
             "stopped: events delivered %d, undelivered %d, dropped %d",
@@ -200,6 +202,15 @@ class Daemon:
             stats.queued,
             stats.dropped,
         )
+
+    def _join_readers(self, within: float) -> None:
+        """Give the readers ``within`` seconds in all to end. One stuck in an open or a read
+        (a camera that never answers) ends only at its own timeout: 0.2 s each, one after the
+        other, made 40 such cameras add 8 s to the stop, past systemd's TimeoutStopSec with
+        the flush (SIGKILL). Every event is flushed or spooled by now: nothing waits on them."""
+        deadline = time.monotonic() + within
+        for reader in self.readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT stop cleanly; SIGHUP (sent by many supervisors, and by
@@ -216,12 +227,13 @@ class Daemon:
         self.stop_requested.set()
 
     def request_reload(self) -> None:
-        """Restart in place, but only into a configuration that loads: a typo saved before
-        reload must not take every camera down (exit 2 is not restarted)."""
+        """Restart in place, but only into a configuration that starts: a typo saved before
+        reload, a TLS key that is not its certificate's, a spool_file naming another file, must
+        not take every camera down (exit 2 is not restarted). The checks are check-config's."""
         if self.source is not None:
             try:
                 config = self.source.reread()
-                EmotionClassifier(config.model.path)  # the model start-up would load
+                preflight(config)  # what start-up would refuse: model, TLS files, spool file
                 self._check_new_ports(config)
             except (ConfigError, ModelError) as error:
                 log.error("reload refused, still running the previous configuration: %s", error)

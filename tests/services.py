@@ -78,8 +78,15 @@ class BrokenCamera:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.connections = 0
+        self._accepted = threading.Condition()
         self.held: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
+
+    def wait_connections(self, count: int, timeout: float) -> None:
+        """Until ``count`` connections have come (each camera's open under way)."""
+        with self._accepted:
+            if not self._accepted.wait_for(lambda: self.connections >= count, timeout):
+                raise AssertionError(f"{self.connections} of {count} connections in {timeout} s")
 
     def url(self, path: str = "/live") -> str:
         return f"rtsp://127.0.0.1:{self.port}{path}"
@@ -90,7 +97,9 @@ class BrokenCamera:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self.connections += 1
+            with self._accepted:
+                self.connections += 1
+                self._accepted.notify_all()
             if self.garbage is None:
                 self.held.append(conn)  # kept open, never read or written
                 continue

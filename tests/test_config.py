@@ -112,6 +112,10 @@ mqtt: {host: localhost, username: edge, password: hunter2}
             "mqtt: {host: h}",
             "MQTT and mqtt are the same section",
         ),
+        (
+            f"cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {{host: h, spool_file: {CLIP}}}",
+            f"mqtt.spool_file {CLIP}: holds something else than undelivered events",
+        ),
     ],
     ids=[
         "typo",
@@ -145,6 +149,7 @@ mqtt: {host: localhost, username: edge, password: hunter2}
         "unbalanced-bracket",
         "nul-in-topic",
         "section-twice-in-other-case",
+        "spool-file-not-a-spool",  # start-up refuses it: check-config too
     ],
 )
 def test_bad_configuration_exits_2_naming_the_key(tmp_path, text, expected):
@@ -301,3 +306,28 @@ def test_a_wrong_camera_variable_is_named(tmp_path, monkeypatch, variables, expe
     result = run_cli("edge", "check-config", "--config", config)
     assert result.returncode == 2
     assert result.stderr == f"edge check-config: error: {expected}\n"
+
+
+@pytest.mark.parametrize(
+    ("mqtt", "env"),
+    [
+        ("{host: h, password: s3cret}", {}),
+        ("{host: h, username: '', password: s3cret}", {}),
+        ("{host: h}", {"EDGE_MQTT__PASSWORD": "s3cret"}),
+    ],
+    ids=["no-username", "empty-username", "password-from-environment"],
+)
+def test_a_password_without_a_username_is_refused(tmp_path, monkeypatch, mqtt, env):
+    """The client sends credentials only with a user name: a password alone was accepted and
+    silently never sent, so the broker's refusal looked like a wrong password."""
+    config = write(tmp_path, f"cameras: [{{name: a, source: {CLIP}}}]\nmqtt: {mqtt}\n")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for command in ("check-config", "run"):
+        result = run_cli("edge", command, "--config", config, timeout=60)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and "mqtt.password: given without mqtt.username" in lines[0], lines
+        assert "s3cret" not in result.stdout + result.stderr
+        if env:
+            assert lines[0].endswith("(from EDGE_MQTT__PASSWORD)"), lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, SHARED, huge_gif, huge_png, run_cli
-from services import free_port
+from services import BrokenCamera, free_port
 from test_daemon import broker, daemons  # noqa: F401 (fixtures)
+from test_secure_broker import make_certificates
 
 CLIP = SHARED / "media" / "asl-again.mkv"
 SECRETS = ("t0psecret", "p/a#s?w", "hunter2", "envsecret")
@@ -401,7 +403,7 @@ def test_a_descriptor_variable_that_is_not_a_reloads_is_ignored(tmp_path):
         proc.kill()
 
 
-@pytest.mark.parametrize("broken", ["fps", "model", "port"])
+@pytest.mark.parametrize("broken", ["fps", "model", "port", "tls-key", "spool-file"])
 def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(
     daemons,  # noqa: F811
     tmp_path,
@@ -409,8 +411,9 @@ def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(
 ):
     """A typo saved before a reload stopped the daemon with exit code 2, which supervisors do
     not restart: every camera dark until someone looked. A model start-up would refuse (here:
-    without its metadata), or a metrics port another program holds, is refused by the reload
-    just the same."""
+    without its metadata), a metrics port another program holds, a TLS key that is not the
+    certificate's, or an mqtt.spool_file naming a file that is no spool (here: the
+    configuration), is refused by the reload just the same."""
     good = {"name": "clip", "source": str(CLIP), "loop": True, "fps": 5}
     daemon = daemons({"cameras": [good]})
     daemon.wait_metric('edge_emotion_frames_processed_total{camera="clip"}', lambda v: v >= 1, 30)
@@ -424,6 +427,13 @@ def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(
     port = taken.getsockname()[1]
     if broken == "port":
         config = {"cameras": [good], "metrics": {"port": port}}
+    mqtt = {"host": "127.0.0.1", "port": free_port()}  # no broker: only start-up matters
+    if broken == "tls-key":
+        ca, cert, _ = make_certificates(tmp_path)
+        tls = {"ca_file": str(ca), "cert_file": str(cert), "key_file": str(tmp_path / "ca.key")}
+        config = {"cameras": [good], "mqtt": {**mqtt, "tls": tls}}
+    if broken == "spool-file":
+        config = {"cameras": [good], "mqtt": {**mqtt, "spool_file": str(daemon.config)}}
     daemon.config.write_text(yaml.safe_dump(config))
     daemon.proc.send_signal(signal.SIGHUP)
     log = daemon.wait_log(lambda text: "reload refused" in text, timeout=30)
@@ -439,9 +449,61 @@ def test_a_reload_into_a_broken_configuration_keeps_the_daemon_running(
         "fps": "cameras.0.fps",
         "model": "model metadata not found",
         "port": f"metrics 127.0.0.1:{port}: cannot serve: Address already in use",
+        "tls-key": f"mqtt.tls.cert_file {tmp_path / 's.crt'} / key_file {tmp_path / 'ca.key'}",
+        "spool-file": f"mqtt.spool_file {daemon.config}: holds something else than undelivered",
     }[broken]
     assert expected in line
+    assert daemon.log().count("reload refused") == 1, daemon.log()
     assert "hunter2" not in daemon.log()
+
+
+def test_cameras_that_never_answer_do_not_hold_up_the_stop(daemons):  # noqa: F811
+    """A reader inside an open that a camera never answers (open_timeout_s 30) ends only at
+    its timeout: waited for 0.2 s each, one after the other, 40 such cameras added 8 s to the
+    stop, and with a flush to the broker systemd killed the daemon at TimeoutStopSec=10."""
+    hanging = BrokenCamera()
+    slow = {"fps": 5, "open_timeout_s": 30, "read_timeout_s": 30}
+    cameras = [{"name": f"hang{i}", "source": hanging.url(f"/cam{i}"), **slow} for i in range(40)]
+    try:
+        daemon = daemons({"cameras": cameras})
+        hanging.wait_connections(len(cameras), timeout=60)  # every reader inside its open
+        started = time.monotonic()
+        assert daemon.stop(timeout=30) == 0, daemon.log()
+        took = time.monotonic() - started
+    finally:
+        hanging.close()
+    assert took < 5, f"the stop took {took:.1f} s"  # systemd's TimeoutStopSec is 10 s
+    assert "stopped: events delivered 0" in daemon.log()
+
+
+def test_a_link_planted_at_the_spools_temporary_file_is_not_followed(
+    tmp_path,
+    daemons,  # noqa: F811
+):
+    """The spool is written aside, as ``<spool_file>.partial``, then renamed over it: a link
+    planted there had the daemon's stop write the events into the file it points at (any
+    file the daemon's user may write), and the spool become that link."""
+    spool = tmp_path / "spool.jsonl"
+    partial = tmp_path / "spool.jsonl.partial"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file\n")
+    partial.symlink_to(victim)
+    daemon = daemons(
+        {
+            "device_id": "porch",
+            "cameras": [CAMERA],
+            "mqtt": {"host": "127.0.0.1", "port": free_port(), "spool_file": str(spool)},
+        }
+    )
+    daemon.wait_metric("edge_emotion_events_queued", lambda v: v >= 1, timeout=30)
+    assert daemon.stop() == 0, daemon.log()
+    assert victim.read_text() == "someone else's file\n"
+    assert spool.is_file() and not spool.is_symlink()
+    assert not (partial.exists() or partial.is_symlink())
+    assert spool.stat().st_mode & 0o777 == 0o600
+    kept = int(re.search(r"with (\d+) undelivered events: kept in", daemon.log()).group(1))
+    topics = [json.loads(line)["topic"] for line in spool.read_text().splitlines()]
+    assert topics == ["edge-emotion/porch/clip/event"] * kept and kept >= 1
 
 
 def test_ctrl_c_while_starting_up_is_one_line(tmp_path):

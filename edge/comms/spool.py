@@ -138,7 +138,7 @@ class Spool:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(self.path.name + ".partial")
             try:
-                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                fd = _create_anew(partial)
                 with os.fdopen(fd, "w") as out:
                     out.write("\n".join(lines) + "\n")
                 os.replace(partial, self.path)
@@ -147,3 +147,12 @@ class Spool:
         except OSError as error:
             return str(error.strerror or error)
         return None
+
+
+def _create_anew(path: Path) -> int:
+    """``path`` as a new file of the daemon's user only, for writing. What is there already
+    goes first (a link goes, not what it points at), and the open neither follows a link nor
+    takes a file that reappeared: opened as it was, a link planted at ``<spool>.partial`` had
+    the daemon overwrite its target with the events, and the spool become that link."""
+    path.unlink(missing_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

@@ -11,6 +11,7 @@ from pydantic import (
     Field,
     FilePath,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -139,6 +140,23 @@ class MqttConfig(Section):
     spool: bool = True
     spool_file: Path | None = None
     homeassistant: HomeAssistantConfig = HomeAssistantConfig()
+
+    @field_validator("password")
+    @classmethod
+    def _password_needs_username(
+        cls, value: SecretStr | None, info: ValidationInfo
+    ) -> SecretStr | None:
+        """The client sends credentials only with a user name: a password alone was accepted
+        and never sent, and the broker's refusal read as a wrong password. A field validator,
+        so the error names the key (and its EDGE_ variable); the value is never quoted. A
+        username that failed its own check is not in ``info.data``: reported there, not here."""
+        no_username = "username" in info.data and not info.data["username"]
+        if value and value.get_secret_value() and no_username:
+            raise ValueError(
+                "given without mqtt.username, so it would never be sent (the broker takes a "
+                "password only with a user name): set mqtt.username too"
+            )
+        return value
 
     @field_validator("protocol", mode="before")
     @classmethod
