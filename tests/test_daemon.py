@@ -578,6 +578,123 @@ def test_a_state_in_flight_when_the_broker_hangs_never_makes_a_later_event_deliv
     assert len(kept) == 60000
 
 
+def _publisher_on(broker: Broker | SlowLink, **mqtt: object):
+    """An MqttPublisher of device "porch" with camera "door" on ``broker``, connected."""
+    from edge.comms.mqtt import MqttPublisher
+    from edge.config import MqttConfig
+
+    config = MqttConfig(host="127.0.0.1", port=broker.port, spool=False, **mqtt)
+    publisher = MqttPublisher(config, "porch", ["door"])
+    publisher.start()
+    _until(lambda: publisher.stats.connected, 10)
+    return publisher
+
+
+def _until(condition, timeout: float) -> None:
+    """Until ``condition()`` (paho's callbacks offer nothing to wait on from here)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        time.sleep(0.05)
+
+
+def _state(faces: int):
+    from types import SimpleNamespace
+
+    payload = json.dumps({"faces": faces}).encode()
+    return SimpleNamespace(camera="door", payload=lambda: payload)
+
+
+def test_after_a_broker_hang_the_retained_state_is_the_newest(tmp_path):
+    """A state in flight when the broker hangs is sent again by paho after the reconnect,
+    and the newer state went out first: the broker retained the old one ("1 face" on a
+    dashboard for a room long empty, until the scene changed again)."""
+    broker = Broker(tmp_path).start()
+    try:
+        publisher = _publisher_on(broker, keepalive_s=5, reconnect_max_s=1)
+        broker.freeze()
+        publisher.publish_state(_state(1))  # sent, never acknowledged
+        _until(lambda: not publisher.stats.connected, 20)  # keepalive_s ran out
+        publisher.publish_state(_state(0))  # the room empties during the outage
+        broker.thaw()
+        _until(lambda: publisher.stats.connected, 20)
+        publisher.close(5)  # what is in flight is acknowledged first
+        retained = Subscriber(broker.port, "edge-emotion/porch/door/state", client_id="late")
+        messages = retained.wait_for(lambda ms: len(ms) >= 1, timeout=10)
+        retained.close()
+        assert [json.loads(m.payload) for m in messages] == [{"faces": 0}]
+    finally:
+        broker.stop()
+
+
+def test_a_stop_with_many_events_unacknowledged_still_leaves_the_status_offline(tmp_path):
+    """paho sends at most 20 messages before their acknowledgements: with 20 events waiting on
+    a slow link at the stop, "offline" was only queued, and the clean DISCONNECT after it made
+    the broker discard the last will: "online" stayed retained for a device long gone."""
+    broker = Broker(tmp_path).start()
+    link = SlowLink(broker.port)
+    try:
+        publisher = _publisher_on(link)
+        link.hold_answers()  # the broker takes everything; its acknowledgements do not come
+        for n in range(30):
+            publisher.publish(_event(n))
+        publisher.close(1)
+        status = Subscriber(broker.port, "edge-emotion/porch/status", client_id="status")
+        status.wait_for(lambda ms: ms and ms[-1].payload == b"offline", timeout=15)
+        status.close()
+    finally:
+        link.close()
+        broker.stop()
+
+
+class SlowLink:
+    """A TCP relay to the broker on loopback whose answers (broker to client) can be held
+    back, as on a congested uplink: what the client sends arrives, nothing comes back."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port, self.broker_port = self.listener.getsockname()[1], broker_port
+        self._answers = threading.Event()
+        self._answers.set()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold_answers(self) -> None:
+        self._answers.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            broker = socket.create_connection(("127.0.0.1", self.broker_port))
+            self._sockets += [client, broker]
+            threading.Thread(target=self._relay, args=(client, broker, False), daemon=True).start()
+            threading.Thread(target=self._relay, args=(broker, client, True), daemon=True).start()
+
+    def _relay(self, source: socket.socket, target: socket.socket, holdable: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                while holdable and not self._answers.wait(0.5):
+                    pass
+                target.sendall(data)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self._answers.set()
+        self.listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+def _event(n: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(camera="door", payload=lambda: json.dumps({"n": n}).encode())
+
+
 def test_camera_states_never_pile_up_and_the_latest_is_retained(broker):
     """A camera whose face count flickers publishes a state per change: at most one is in
     flight per camera and a newer one replaces those waiting, so the broker ends with the

@@ -86,8 +86,10 @@ class MqttPublisher:
         self._lost = False
         self._states: dict[str, CameraState] = {}  # latest per camera, republished on connect
         self._state_in_flight: dict[int, str] = {}  # message id -> camera
-        # States in flight at a drop, which paho sends again: their acknowledgements are ours.
-        self._states_resent: set[int] = set()
+        # States in flight at a drop, which paho sends again after the connect: their
+        # acknowledgements are ours, and the camera's newer state waits for it (message id ->
+        # camera), or the old one, sent after it, would be the one the broker retains.
+        self._states_resent: dict[int, str] = {}
         self._state_waiting: set[str] = set()  # cameras with a newer state than the one sent
         self._cleared: set[str] = set()  # removed cameras whose retained topics were cleared
         self._last_announce = float("-inf")  # monotonic time of the last discovery announcement
@@ -268,10 +270,14 @@ class MqttPublisher:
         send of one counted a queued event with the same id as delivered.)"""
         with self._lock:
             self._states[state.camera] = state
-            if not self.stats.connected or state.camera in self._state_in_flight.values():
+            if not self.stats.connected or self._state_busy(state.camera):
                 self._state_waiting.add(state.camera)
                 return
         self._send_state(self.client, state.camera)
+
+    def _state_busy(self, camera: str) -> bool:
+        """A state of ``camera`` is on its way (called with our lock held): a newer one waits."""
+        return camera in self._state_in_flight.values() or camera in self._states_resent.values()
 
     def _send_state(self, client: mqtt.Client, camera: str) -> None:
         with self._lock:
@@ -323,7 +329,7 @@ class MqttPublisher:
         deadline = time.monotonic() + timeout
         with self._drained:
             while (
-                (self._pending or self._state_in_flight)
+                (self._pending or self._state_in_flight or self._states_resent)
                 and self.stats.connected
                 and time.monotonic() < deadline
             ):
@@ -336,13 +342,34 @@ class MqttPublisher:
             self._backlog.clear()
             self.stats.queued = len(undelivered)
         self._keep(undelivered)
+        said_offline = True
         if self.stats.connected:
             info = self._control(self.client, self.status_topic, "offline")
-            with contextlib.suppress(RuntimeError, ValueError):
+            try:
                 info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+                said_offline = info.is_published()
+            except (RuntimeError, ValueError):  # not queued, or the connection went meanwhile
+                said_offline = False
         with self._lock:
             if self._announce_timer is not None:
                 self._announce_timer.cancel()
+        if said_offline:
+            self.client.disconnect()
+            self.client.loop_stop()
+        else:
+            self._leave_to_the_will()
+
+    def _leave_to_the_will(self) -> None:
+        """Go without a DISCONNECT, so that the broker publishes our last will, "offline".
+        "offline" itself was not acknowledged: with 20 messages unacknowledged (paho's window)
+        it was only queued, never sent, and a clean DISCONNECT made the broker discard the
+        will: the retained status stayed "online" for ever. The connection is cut first, so
+        the DISCONNECT that ends paho's loop (which otherwise waits for every acknowledgement)
+        never reaches the broker."""
+        sock = self.client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -372,11 +399,13 @@ class MqttPublisher:
         self._control(client, self.instance_topic, self.instance)
         self._control(client, self.status_topic, "online")
         with self._lock:
-            # States in flight at the drop are resent by paho; their acknowledgements no
-            # longer hold a newer state back, and are not taken for an event's either.
+            # States in flight at the drop are resent by paho, after this: a camera's newer
+            # state waits for that acknowledgement (_state_acknowledged), which is not taken
+            # for an event's either.
             self._states_resent.update(self._state_in_flight)
             self._state_in_flight.clear()
-            cameras = list(self._states)
+            cameras = [camera for camera in self._states if not self._state_busy(camera)]
+            self._state_waiting.update(set(self._states) - set(cameras))
         for camera in cameras:
             self._send_state(client, camera)
         # Retained topics of cameras no longer configured (renamed or removed): found here,
@@ -596,16 +625,17 @@ class MqttPublisher:
     def _state_acknowledged(self, mid: int, refusal: str | None) -> bool:
         """Whether ``mid`` was a camera state; the camera's newer state, if one waits, goes out."""
         with self._drained:
-            camera = self._state_in_flight.pop(mid, None)
+            camera = self._state_in_flight.pop(mid, None) or self._states_resent.pop(mid, None)
             if camera is None:
-                if mid in self._states_resent:
-                    self._states_resent.discard(mid)
-                    return True
                 return False
             if refusal is not None:
                 self._refused(state_topic(self.base, camera), refusal, event=False)
             self._drained.notify_all()
-            newer = camera in self._state_waiting and self.stats.connected
+            newer = (
+                camera in self._state_waiting
+                and self.stats.connected
+                and not self._state_busy(camera)
+            )
         if newer:
             self._send_state(self.client, camera)  # outside our lock, as every call into paho
         return True
