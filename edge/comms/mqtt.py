@@ -524,11 +524,14 @@ class MqttPublisher:
         if self._connect_warned or self._closing:
             return
         self._connect_warned = True
+        why = self._diagnose()  # up to 5 s, during which a stop may have begun
+        if self._closing:
+            return
         log.warning(
             "MQTT cannot connect to %s:%d: %s; %s, retrying with backoff",
             self.config.host,
             self.config.port,
-            self._diagnose(),
+            why,
             self._meanwhile(),
         )
 
