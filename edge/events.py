@@ -59,6 +59,8 @@ class CameraState:
     device_id: str
     camera: str
     faces: tuple[tuple[str, float], ...]  # (emotion, confidence) per tracked face
+    # Frames arrive: without it, a camera that is down read as an empty room ("0 faces").
+    camera_up: bool = True
     since: float = field(default_factory=time.time)  # when the camera came to this state
 
     @property
@@ -69,9 +71,9 @@ class CameraState:
             totals[emotion] = (count + 1, summed + confidence)
         return max(totals, key=totals.__getitem__) if totals else "none"
 
-    def summary(self) -> tuple[int, str]:
+    def summary(self) -> tuple[int, str, bool]:
         """What subscribers see change: republished only when this differs."""
-        return len(self.faces), self.dominant
+        return len(self.faces), self.dominant, self.camera_up
 
     def payload(self) -> bytes:
         body = {
@@ -80,6 +82,7 @@ class CameraState:
             "camera": self.camera,
             "faces": len(self.faces),
             "dominant_emotion": self.dominant,
+            "camera_up": self.camera_up,
             "since": iso_utc(self.since),
         }
         return json.dumps(body, separators=(",", ":")).encode()

@@ -75,7 +75,7 @@ class CameraAnalysis:
         self._frame_shape: tuple[int, ...] | None = None
         self.done = False  # its file ended and its tracks are closed
         self._last_failure_log = 0.0
-        self._state: tuple[int, str] | None = None  # last published (faces, dominant emotion)
+        self._state: tuple[int, str, bool] | None = None  # last published CameraState.summary
         self.keep_shown = keep_shown  # the live view is on: keep the latest frame (not a copy)
         self.shown: Shown | None = None
         self._analysed_at: deque[float] = deque(maxlen=32)
@@ -163,12 +163,14 @@ class CameraAnalysis:
                 self.metrics.end_to_end_seconds.labels(self.name).observe(
                     max(0.0, time.time() - track_event.frame_time)
                 )
-        if events or self._state is None:
-            self._publish_state()
+        self._publish_state()
 
     def _publish_state(self) -> None:
-        """The camera's state, only when the face count or the dominant emotion changed."""
-        state = CameraState(self.device_id, self.name, tuple(self.tracker.present()))
+        """The camera's state, only when the face count, the dominant emotion or whether the
+        camera is up changed (idle ticks come here too: a camera going down is said)."""
+        state = CameraState(
+            self.device_id, self.name, tuple(self.tracker.present()), self.reader.stats.up
+        )
         if state.summary() != self._state:
             self._state = state.summary()
             self.publisher.publish_state(state)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import paho.mqtt.client as mqtt
-from services import Subscriber
+from services import BrokenCamera, Subscriber
 from test_daemon import CLIP, EMOTIONS, broker, daemons  # noqa: F401 (fixtures)
 
 
@@ -44,7 +44,12 @@ def test_discovery_announces_sensors_whose_state_topics_carry_values(broker, dae
     assert len(devices) == 1 and "edge-emotion_Hall-1" in devices.pop()
     assert len({c["unique_id"] for c in found.values()}) == 4
     for topic, config in found.items():
-        assert config["availability_topic"] == "edge-emotion/Hall-1/status"
+        camera = topic.split("/")[3].rsplit("_", 1)[0]
+        assert config["availability_mode"] == "all"
+        assert [a["topic"] for a in config["availability"]] == [
+            "edge-emotion/Hall-1/status",
+            f"edge-emotion/Hall-1/{camera}/state",
+        ]
         # Entity ids are lower case with underscores, whatever the device and camera names.
         object_id = topic.split("/")[3]
         assert config["default_entity_id"] == f"sensor.hall_1_{object_id}"
@@ -64,6 +69,7 @@ def test_discovery_announces_sensors_whose_state_topics_carry_values(broker, dae
         assert isinstance(state["faces"], int) and state["faces"] >= 0
         assert state["dominant_emotion"] in EMOTIONS | {"none"}
         assert (state["faces"] == 0) == (state["dominant_emotion"] == "none")
+        assert state["camera_up"] is True or state["faces"] == 0
     status = Subscriber(broker.port, "edge-emotion/Hall-1/status", client_id="ha-status")
     status.wait_for(lambda ms: ms and ms[-1].payload == b"online", timeout=10)
 
@@ -222,3 +228,41 @@ def test_a_retained_home_assistant_birth_message_is_not_a_restart(broker, daemon
     announced = [m.topic for m in sub.messages if m.payload]
     assert len(announced) == len(set(announced)) == 2, announced  # emotion and faces, once each
     assert "arrives more often than every" not in daemon.log()
+
+
+def test_a_camera_that_is_down_is_unavailable_not_an_empty_room(broker, daemons):  # noqa: F811
+    """A dark camera and an empty room both have 0 faces: the state says whether the camera is
+    up, and Home Assistant's sensors take it as their availability, with the daemon's status."""
+    dark = BrokenCamera()  # accepts the connection, never answers
+    daemon = daemons(
+        {
+            "device_id": "hall",
+            "cameras": [
+                {"name": "door", "source": str(CLIP), "loop": True, "fps": 5},
+                {"name": "gate", "source": dark.url(), "open_timeout_s": 2},
+            ],
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "homeassistant": {"enabled": True}},
+        }
+    )
+    states = Subscriber(broker.port, "edge-emotion/hall/+/state", client_id="states")
+
+    def latest(ms: list[mqtt.MQTTMessage]) -> dict[str, dict]:
+        return {m.topic.split("/")[2]: json.loads(m.payload) for m in ms}
+
+    seen = latest(
+        states.wait_for(
+            lambda ms: latest(ms).get("door", {}).get("faces", 0) >= 1 and "gate" in latest(ms),
+            timeout=30,
+        )
+    )
+    assert seen["door"]["camera_up"] is True
+    assert (seen["gate"]["camera_up"], seen["gate"]["faces"]) == (False, 0)
+    ha = Subscriber(broker.port, "homeassistant/sensor/hall/#", client_id="home-assistant")
+    found = configs(ha.wait_for(lambda ms: len(configs(ms)) == 4, timeout=15))
+    gate = found["homeassistant/sensor/hall/gate_faces/config"]
+    assert gate["availability"][1]["topic"] == "edge-emotion/hall/gate/state"
+    assert "camera_up" in gate["availability"][1]["value_template"]
+    assert daemon.stop() == 0, daemon.log()
+    for sub in (states, ha):
+        sub.close()
+    dark.close()

@@ -2,8 +2,9 @@
 
 ``<discovery_prefix>/sensor/<device_id>/<camera>_emotion/config`` (the dominant emotion) and
 ``…/<camera>_faces/config`` (how many faces are tracked) both read the camera's retained
-``<prefix>/<device_id>/<camera>/state`` message and share one device block and the daemon's
-availability topic, so Home Assistant shows them unavailable when the daemon is offline.
+``<prefix>/<device_id>/<camera>/state`` message and share one device block. They are available
+while the daemon is online (its status topic) and their camera is up (the state's
+``camera_up``), so Home Assistant shows a dark camera as unavailable, not as an empty room.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from edge.config import HomeAssistantConfig
 
+# A state without the field (published by an older version, retained) counts as up.
+CAMERA_UP = "{{ 'online' if value_json.camera_up | default(true) else 'offline' }}"
 SENSORS = {
     # object suffix: (name, value template, extra fields)
     "emotion": ("emotion", "{{ value_json.dominant_emotion }}", {"icon": "mdi:emoticon-outline"}),
@@ -76,9 +79,13 @@ def discovery_messages(
                 "default_entity_id": f"sensor.{slug(device_id)}_{slug(object_id)}",
                 "state_topic": state_topic(base, camera),
                 "value_template": template,
-                "availability_topic": f"{base}/status",
-                "payload_available": "online",
-                "payload_not_available": "offline",
+                # Unavailable when the daemon is offline, or when its camera is down (an
+                # empty room and a dark camera both have 0 faces).
+                "availability": [
+                    {"topic": f"{base}/status"},
+                    {"topic": state_topic(base, camera), "value_template": CAMERA_UP},
+                ],
+                "availability_mode": "all",
                 "device": device,
                 **extra,
             }
