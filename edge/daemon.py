@@ -98,7 +98,7 @@ class Daemon:
             lambda: [(r.camera.name, r.stats) for r in self.readers], self.publisher.stats
         )
         for camera in config.cameras:
-            self.metrics.add_camera(camera.name)
+            self.metrics.add_camera(camera.name, meta.labels)
         self.metrics_port: int | None = None
         self.view: ViewServer | None = None
 

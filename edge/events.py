@@ -28,8 +28,7 @@ class Event:
     # count each event once deduplicates on it.
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
-    def payload(self, sent: float | None = None) -> bytes:
-        sent = time.time() if sent is None else sent
+    def payload(self) -> bytes:
         track = self.track
         body = {
             "schema_version": SCHEMA_VERSION,
@@ -43,9 +42,14 @@ class Event:
             "scores": track.scores,
             "box": track.box.as_list(),
             "frame_time": iso_utc(track.frame_time),
-            "latency_ms": round(max(0.0, sent - track.frame_time) * 1000, 1),
+            "latency_ms": round(self.latency() * 1000, 1),
         }
         return json.dumps(body, separators=(",", ":")).encode()
+
+    def latency(self) -> float:
+        """Seconds from the frame to now, on the monotonic clock (wall-clock times, subtracted,
+        moved by an hour when NTP stepped the clock in between)."""
+        return max(0.0, time.monotonic() - self.track.frame_monotonic)
 
 
 @dataclass(frozen=True)

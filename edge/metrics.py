@@ -6,7 +6,7 @@ collector, so those stages know nothing about Prometheus; latencies are observed
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from edge.comms import PublisherStats
 from edge.serving import bound, request_path
+from edge.track import EVENT_KINDS
 from edge.video import ReaderStats
 
 PREFIX = "edge_emotion"
@@ -43,6 +44,12 @@ class Metrics:
         r = self.registry
         self.frames_processed = Counter(
             f"{PREFIX}_frames_processed", "Frames analysed", ["camera"], registry=r
+        )
+        self.frames_failed = Counter(
+            f"{PREFIX}_frames_failed",
+            "Frames whose analysis failed (logged once, then once a minute)",
+            ["camera"],
+            registry=r,
         )
         self.faces_detected = Counter(
             f"{PREFIX}_faces_detected", "Faces found by the detector", ["camera"], registry=r
@@ -76,11 +83,17 @@ class Metrics:
         # process_resident_memory_bytes, process_cpu_seconds_total...: what a long run costs.
         ProcessCollector(registry=r)
 
-    def add_camera(self, name: str) -> None:
+    def add_camera(self, name: str, emotions: Sequence[str]) -> None:
         """Series at 0 from the start: a camera that never delivers a frame must show up as
-        ``rate(..._frames_processed_total) == 0`` in an alert, not as a missing series."""
+        ``rate(..._frames_processed_total) == 0`` in an alert, not as a missing series, and
+        the first event of a kind and emotion must count in ``increase()`` (a series that
+        appears at 1 does not; for a rare emotion that was most of them)."""
         self.frames_processed.labels(name)
+        self.frames_failed.labels(name)
         self.faces_detected.labels(name)
+        for kind in EVENT_KINDS:
+            for emotion in emotions:
+                self.events.labels(name, kind, emotion)
 
     def watch(
         self, readers: Callable[[], Iterable[tuple[str, ReaderStats]]], publisher: PublisherStats

@@ -13,6 +13,7 @@ The daemon builds the stages and wires them here; the stages know nothing of eac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -86,6 +87,11 @@ class CameraAnalysis:
             self._analyse(frame, classifier)
         except Exception:  # one bad frame must not stop the camera for good
             self._failed_frame()
+            # Not a sighting: faces not seen for lost_after_s still end (while every frame
+            # failed, they stayed "present" for ever, and the state with them). Should that
+            # fail too (the failure was in publishing), the failure above already said so.
+            with contextlib.suppress(Exception):
+                self._emit(self.tracker.tick(frame.monotonic))
 
     def idle(self) -> None:
         """No frame for a while: let tracks age out, and close the camera once its file ended."""
@@ -160,9 +166,7 @@ class CameraAnalysis:
             self.publisher.publish(event)
             self.metrics.events.labels(self.name, track_event.kind, track_event.emotion).inc()
             if track_event.kind != "end":
-                self.metrics.end_to_end_seconds.labels(self.name).observe(
-                    max(0.0, time.time() - track_event.frame_time)
-                )
+                self.metrics.end_to_end_seconds.labels(self.name).observe(event.latency())
         self._publish_state()
 
     def _publish_state(self) -> None:
@@ -178,6 +182,7 @@ class CameraAnalysis:
     def _failed_frame(self) -> None:
         """Log the first failure with its traceback, then at most one line a minute."""
         self.failed_frames += 1
+        self.metrics.frames_failed.labels(self.name).inc()
         now = time.monotonic()
         if self.failed_frames == 1:
             log.exception("camera %s: frame analysis failed", self.name)

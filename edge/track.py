@@ -22,6 +22,9 @@ import numpy as np
 
 from edge.faces import Box
 
+# What a track says, in its order: appears, changes emotion, is still there, is gone.
+EVENT_KINDS = ("start", "change", "heartbeat", "end")
+
 
 @dataclass(frozen=True)
 class TrackEvent:
@@ -31,7 +34,10 @@ class TrackEvent:
     confidence: float
     scores: dict[str, float]
     box: Box
-    frame_time: float  # capture time of the frame (Unix seconds)
+    frame_time: float  # when the reader got the frame (Unix seconds), reported
+    # The same instant on the monotonic clock: the latency is measured from it, so that an NTP
+    # step (a board without a real-time clock syncing after boot) does not add an hour to it.
+    frame_monotonic: float
 
 
 @dataclass(eq=False)  # identity: a track is one face, whatever its current values
@@ -191,4 +197,5 @@ class Tracker:
             scores=scores,
             box=track.box,
             frame_time=frame_time,
+            frame_monotonic=track.last_seen,  # the frame_time of every event is its sighting
         )

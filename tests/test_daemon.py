@@ -942,6 +942,18 @@ def test_unreachable_and_garbage_cameras_are_logged_and_do_not_block_others(daem
         values = daemon.metrics()
         for name in ("nowhere", "junk", "garbage"):
             assert values[f'edge_emotion_camera_up{{camera="{name}"}}'] == 0
+        # Series at 0, not missing: alerts on rate() see a silent camera, and a first event
+        # of a kind and emotion counts in increase() (a series that appears at 1 does not).
+        series = [
+            'edge_emotion_frames_processed_total{camera="nowhere"}',
+            'edge_emotion_frames_failed_total{camera="nowhere"}',
+            *(
+                f'edge_emotion_events_total{{camera="nowhere",emotion="{e}",event="{kind}"}}'
+                for kind in ("start", "change", "heartbeat", "end")
+                for e in EMOTIONS
+            ),
+        ]
+        assert [values.get(name) for name in series] == [0] * len(series)
         # Retries back off (0.5 s doubling to 5 s), they do not hammer the server.
         assert junk.connections <= 4 + (time.monotonic() - started) / 0.5
         assert daemon.stop() == 0

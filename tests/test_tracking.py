@@ -124,3 +124,63 @@ def test_a_face_the_detector_misses_every_other_frame_is_announced():
         boxes = [face] if i % 2 == 0 else []
         events += t.update(boxes, np.array([probs(HAPPY)] * len(boxes)), now=i * 0.2)
     assert [(e.kind, e.track_id) for e in events] == [("start", 1)]
+
+
+def test_a_face_ends_on_time_while_every_frame_fails_to_be_analysed():
+    """A frame whose analysis fails (the interpreter out of memory, a driver error) is no
+    sighting: the face seen before it ends after lost_after_s as always. Tracks aged only in
+    frames analysed, so while every frame failed the face stayed "present" for ever, and the
+    camera's state with it; the failures are counted in frames_failed_total."""
+    import time
+
+    from conftest import SHARED
+
+    from edge import DEFAULT_MODEL
+    from edge.comms import PublisherStats
+    from edge.config import CameraConfig
+    from edge.emotions import EmotionClassifier
+    from edge.faces import FaceDetector, FaceScanner
+    from edge.metrics import Metrics
+    from edge.pipeline import CameraAnalysis
+    from edge.video import CameraReader, FFmpegSource, Frame
+
+    class Kept:
+        """The publisher: keeps what it is handed."""
+
+        def __init__(self) -> None:
+            self.stats, self.events, self.states = PublisherStats(connected=None), [], []
+
+        def publish(self, event) -> None:
+            self.events.append(event.track.kind)
+
+        def publish_state(self, state) -> None:
+            self.states.append(len(state.faces))
+
+    class Broken:
+        """An interpreter that fails at every call."""
+
+        def predict(self, faces):
+            raise RuntimeError("interpreter failed")
+
+    camera = CameraConfig(name="door", source=str(SHARED / "media" / "asl-again.mkv"))
+    source = FFmpegSource(camera)
+    images = [image for image, _ in zip(source.frames(), range(40), strict=False)]
+    source.close()
+    model, kept, metrics = EmotionClassifier(DEFAULT_MODEL), Kept(), Metrics()
+    analysis = CameraAnalysis(
+        "hall", CameraReader(camera), FaceScanner(FaceDetector()),
+        Tracker(model.labels, lost_after_s=1.0), kept, metrics, fps=10,
+    )  # fmt: skip
+    start = time.monotonic()
+
+    def frame(index: int) -> Frame:
+        return Frame("door", images[index], time.time(), start + index * 0.1, index)
+
+    for index in range(5):
+        analysis.process(frame(index), model)
+    assert kept.events == ["start"] and kept.states[-1] == 1
+    for index in range(5, 40):  # 3.5 s of frames, every one failing
+        analysis.process(frame(index), Broken())
+    assert kept.events == ["start", "end"] and kept.states[-1] == 0
+    failed = "edge_emotion_frames_failed_total"
+    assert metrics.registry.get_sample_value(failed, {"camera": "door"}) == 35
