@@ -76,7 +76,11 @@ def parser() -> argparse.ArgumentParser:
     from convert.recipe import AUGMENTATIONS, LABELS, QatRecipe, Recipe
 
     defaults = Recipe()
-    top = OneLineParser(prog=prog("convert", "edge-emotion-convert"), description=__doc__)
+    top = OneLineParser(
+        prog=prog("convert", "edge-emotion-convert"),
+        description="The emotion model's toolchain: train it, adjust or average trained models, "
+        "export to TFLite, evaluate, and pack a dataset into one file.",
+    )
     commands = top.add_subparsers(required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train the emotion classifier on FER2013")

@@ -1,4 +1,4 @@
-"""``python -m edge run|check-config|analyze``: the daemon's command line."""
+"""``python -m edge run|demo|check-config|analyze``: the daemon's command line."""
 
 from __future__ import annotations
 
@@ -79,7 +79,11 @@ def _run_command(argv: list[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = OneLineParser(prog=prog("edge", "edge-emotion"), description=__doc__)
+    top = OneLineParser(
+        prog=prog("edge", "edge-emotion"),
+        description="Face-emotion recognition for edge cameras: the daemon (run), its sample "
+        "(demo), the configuration check (check-config) and offline analysis of files (analyze).",
+    )
     commands = top.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon")

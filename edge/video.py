@@ -70,6 +70,10 @@ STUCK_AFTER_S = 60.0
 # The character devices of Video4Linux (/dev/video*, also /dev/v4l/by-id/* links to them);
 # others (/dev/null, a serial port) are not cameras.
 V4L2_MAJOR = 81
+# A title in Latin-1 (a camera's SDP session name, a file's tag) is not ours to read: with the
+# strict default of PyAV before 19 it made the camera impossible to open. PyAV 19 (Python 3.12+)
+# decodes such titles with escapes itself and no longer takes the keyword.
+METADATA_ERRORS = {"metadata_errors": "replace"} if int(av.__version__.split(".")[0]) < 19 else {}
 # Pixel formats whose first plane is the 8-bit luma, i.e. the gray frame, as it is.
 LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21"}
 
@@ -124,10 +128,8 @@ class FFmpegSource:
         timeout = (camera.open_timeout_s, camera.read_timeout_s)
         started = time.monotonic()
         try:
-            # A title in Latin-1 (a camera's SDP session name, a file's tag) is not ours to
-            # read: with PyAV's strict default it made the camera impossible to open.
             self._container = av.open(
-                str(camera.source), options=options, timeout=timeout, metadata_errors="replace"
+                str(camera.source), options=options, timeout=timeout, **METADATA_ERRORS
             )
         except (av.FFmpegError, OSError, ValueError) as error:
             # The open timeout ends the open with whatever FFmpeg was reading ("Invalid data
