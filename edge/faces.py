@@ -47,6 +47,9 @@ class Box:
     def as_list(self) -> list[int]:
         return [self.x, self.y, self.w, self.h]
 
+    def scaled(self, factor: float) -> Box:
+        return Box(*(round(v * factor) for v in (self.x, self.y, self.w, self.h)))
+
 
 class FaceDetector:
     def __init__(

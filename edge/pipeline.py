@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 # A camera without a new frame this long is still "analysed" (with no faces), so its tracks end
 # on time when its stream stops, and the pool notices a file that has ended.
 IDLE_TICK_S = 0.5
+# Frames of a new size whose aspect ratio is within this of the old one's show the same view
+# (640x480 -> 1280x960, 1920x1080 -> 1280x720): its faces keep their tracks.
+SAME_VIEW_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,7 @@ class CameraAnalysis:
         gray = to_gray(frame.image)
         if gray.shape != self._frame_shape:
             if self._frame_shape is not None:
-                # The camera changed its resolution (a stream's profile, a file's next part):
-                # boxes of the old size match nothing, so its faces end and are found anew.
-                self._emit(self.tracker.close())
-                self.scanner.forget()
+                self._resized(self._frame_shape, gray.shape)
             self._frame_shape = gray.shape
         boxes = self.scanner.find(gray)
         detected = time.perf_counter()
@@ -136,6 +136,19 @@ class CameraAnalysis:
         self._analysed_at.append(self.last_processed)
         if self.keep_shown:
             self.shown = Shown(gray, self._faces(), self.last_processed)
+
+    def _resized(self, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+        """The camera changed its resolution (a stream's profile, a file's next part). The
+        same view at another size keeps its faces' tracks, their boxes scaled: ending them made
+        each face an `end`, a new track id and a `start`, and the state said 0 faces between.
+        Another view (the aspect ratio changed: a crop) matches nothing: its faces end and
+        are found anew."""
+        factor_y, factor_x = new[0] / old[0], new[1] / old[1]
+        if abs(factor_x / factor_y - 1) <= SAME_VIEW_TOLERANCE:
+            self.tracker.rescale((factor_x + factor_y) / 2)
+        else:
+            self._emit(self.tracker.close())
+        self.scanner.forget()
 
     def due(self) -> bool:
         """The rate cap allows another frame now (a frame waiting past this is overdue)."""

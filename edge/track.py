@@ -119,6 +119,12 @@ class Tracker:
         """(emotion, confidence) of every face being tracked now, for the camera's state."""
         return [(self.labels[t.emotion], float(t.scores[t.emotion])) for t in self.tracks]
 
+    def rescale(self, factor: float) -> None:
+        """The camera's frames changed size by ``factor`` (a stream's profile switch, the same
+        view): every face keeps its track, its box in the new frame's pixels."""
+        for track in self._tracks:
+            track.box = track.box.scaled(factor)
+
     def close(self) -> list[TrackEvent]:
         """End every open track (shutdown): subscribers never keep a face that is gone."""
         events = [self._event("end", t, t.seen_at) for t in self.tracks]

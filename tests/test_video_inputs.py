@@ -130,8 +130,9 @@ def write_ts(path: Path, images: list[np.ndarray]) -> bytes:
 
 
 def test_a_camera_that_changes_its_resolution_keeps_one_track_per_face(tmp_path):
-    """A stream switching profile (640x480, then 1280x960): the face's old box means nothing
-    in the new frame. The track ends and one starts anew, never two tracks for one face."""
+    """A stream switching profile (640x480, then 1280x960): the same view at twice the size.
+    The face keeps its track (its box scaled): ending it made an `end`, a new id and a `start`
+    for a face that never left, and an old-size box kept gave two tracks for one face."""
     frames = clip_frames()
     small = write_ts(tmp_path / "a.ts", frames[:40])
     large = write_ts(tmp_path / "b.ts", [np.repeat(np.repeat(f, 2, 0), 2, 1) for f in frames[40:]])
@@ -146,7 +147,10 @@ def test_a_camera_that_changes_its_resolution_keeps_one_track_per_face(tmp_path)
         elif event["event"] == "end":
             open_tracks.discard(event["track_id"])
         most = max(most, len(open_tracks))
-    assert most == 1, run.stdout
+    events = [json.loads(line) for line in run.stdout.splitlines()]
+    assert most == 1 and [e["event"] for e in events].count("start") == 1, run.stdout
+    boxes = [e["box"] for e in events if e["event"] != "start"]
+    assert boxes and boxes[-1][2] > 150, boxes  # the last box is in the 1280x960 frame's pixels
 
 
 def test_analyze_reads_past_damage_and_says_what_it_skipped(tmp_path):
