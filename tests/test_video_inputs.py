@@ -175,21 +175,7 @@ def test_a_recording_on_a_web_server_is_played_once_at_its_own_rate(tmp_path):
     has none: it is played like a file, at its own rate, and ends. It was downloaded as fast as
     it came (most frames dropped) and reopened as a camera that "came back", every few seconds,
     each pass the same faces again."""
-    requests = []
-
-    class Files(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(*args, directory=str(CLIP.parent), **kwargs)
-
-        def do_GET(self) -> None:
-            requests.append(self.path)
-            super().do_GET()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, requests = serve(CLIP.parent)
     try:
         url = f"http://127.0.0.1:{server.server_port}/{CLIP.name}"
         started = time.monotonic()
