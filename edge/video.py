@@ -154,6 +154,10 @@ class FFmpegSource:
                     f"(codec {_codec_name(self._stream)!r})"
                 )
             codec.thread_count, codec.thread_type = 1, "NONE"
+            # The decoder refuses to allocate a picture over the limit: a stream that grows
+            # past it mid-session (a new SPS, a JPEG declaring 65000x30000) is cut before its
+            # gigabytes are allocated and decoded, not after.
+            codec.options = {"max_pixels": str(MAX_IMAGE_PIXELS)}
         except (av.FFmpegError, RuntimeError) as error:
             self.close()
             raise OSError(f"cannot open {camera.masked_source()}: no video ({error})") from None
@@ -180,6 +184,11 @@ class FFmpegSource:
                     if bad >= MAX_BAD_PACKETS:
                         raise
                     continue
+                except av.ArgumentError:  # what max_pixels answers (EINVAL), size not told
+                    raise FrameTooLarge(
+                        f"{self.camera.masked_source()}: a frame the decoder refused (over "
+                        f"the {MAX_IMAGE_PIXELS // 10**6}-megapixel limit, or invalid)"
+                    ) from None
                 bad = 0
                 for frame in decoded:
                     # Checked per frame too: a stream may start small and grow (a new SPS),
@@ -407,7 +416,10 @@ class CameraReader:
                     if self._unreadable_file(str(error)):
                         return
                     if any(word in str(error) for word in LOGIN_REFUSALS):
-                        backoff = REFUSED_BACKOFF_MAX_S
+                        # Its own wait: the backoff of the failures after it stays theirs.
+                        self._down(f"{error}; retrying in {REFUSED_BACKOFF_MAX_S:.0f} s")
+                        self._pause(REFUSED_BACKOFF_MAX_S)
+                        continue
                     self._down(f"{error}; retrying in {backoff:.1f} s")
                     backoff = self._pause(backoff, refused=_refused(str(error)))
                     continue
@@ -437,9 +449,12 @@ class CameraReader:
                 if not ended:
                     self.stats.reconnects += 1
                     if self._flapping:
+                        # Still up: its frames come, a backoff apart (a snapshot URL gives one
+                        # per session); down if the reopen fails or gives no frame.
                         self._down(
                             f"stream stopped delivering frames ({why}) within {STABLE_S:.0f} s "
-                            f"of opening; reopening in {backoff:.1f} s"
+                            f"of opening; reopening in {backoff:.1f} s",
+                            still_up=True,
                         )
                         backoff = self._pause(backoff)
                     else:
@@ -554,12 +569,15 @@ class CameraReader:
             "camera %s: reading %s steadily again", self.camera.name, self.camera.masked_source()
         )
 
-    def _down(self, why: str) -> None:
-        """Warn once per outage; repeats while it lasts go to debug, not to the journal."""
+    def _down(self, why: str, still_up: bool = False) -> None:
+        """Warn once per outage; repeats while it lasts go to debug, not to the journal.
+        ``still_up``: a session that delivered ended early, and ``camera_up`` stays 1 until
+        the next one fails (a snapshot URL was "down" all but a moment of each cycle, and its
+        Home Assistant sensors unavailable)."""
         self.stats.last_error = why
         if self._warned:
             log.debug("camera %s: %s", self.camera.name, why)
         else:
             log.warning("camera %s: %s", self.camera.name, why)
             self._warned = True
-        self.stats.up = False
+        self.stats.up = still_up

@@ -226,27 +226,43 @@ def test_a_title_that_is_not_utf_8_does_not_keep_a_video_from_being_read(tmp_pat
     assert len(frames_of(latin)) >= 70  # of 77
 
 
-def test_a_stream_whose_frames_grow_past_the_pixel_limit_is_cut(tmp_path):
+READ_GROWING = """
+import resource, sys
+from edge.config import CameraConfig
+from edge.video import FFmpegSource
+source = FFmpegSource(CameraConfig(name="grows", source=sys.argv[1]))
+before, shapes, error = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, set(), None
+try:
+    for frame in source.frames():
+        shapes.add(frame.shape)
+except OSError as failure:
+    error = str(failure)
+grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(repr((error, sorted(shapes), grown_mb)))
+"""
+
+
+def test_a_stream_whose_frames_grow_past_the_pixel_limit_is_cut_before_decoding(tmp_path):
     """The size limit was checked at the open only: a stream that starts small and then
-    sends 63-megapixel frames had them decoded and scanned for faces, gigabytes per camera."""
+    sends 63-megapixel frames had them decoded and scanned for faces, gigabytes per camera.
+    Then it was checked after decoding: each such frame was still allocated and decoded (a
+    JPEG can declare 65000x30000) before it was refused."""
     import cv2
 
     small = cv2.imencode(".jpg", np.full((240, 320), 128, np.uint8))[1].tobytes()
     huge = cv2.imencode(".jpg", np.full((7000, 9000), 128, np.uint8))[1].tobytes()
     stream = tmp_path / "grows.mjpeg"
     stream.write_bytes(small * 20 + huge * 3)
-    source = FFmpegSource(CameraConfig(name="grows", source=str(stream)))
-    read = []
-    try:
-        for frame in source.frames():
-            read.append(frame.shape)
-    except OSError as error:
-        assert str(error) == f"{stream}: a frame of 9000x7000 is larger than 50 megapixels"
-    else:
-        raise AssertionError(f"every frame was read: {read[-1]}")
-    finally:
-        source.close()
-    assert set(read) == {(240, 320)} and len(read) >= 10
+    run = subprocess.run(
+        [sys.executable, "-c", READ_GROWING, str(stream)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    error, shapes, grown_mb = eval(run.stdout)
+    assert error == (
+        f"{stream}: a frame the decoder refused (over the 50-megapixel limit, or invalid)"
+    )
+    assert shapes == [(240, 320)]
+    assert grown_mb < 30, grown_mb  # a 9000x7000 gray frame is 63 MB
 
 
 def serve(folder: Path, cut_at: float | None = None) -> tuple[http.server.HTTPServer, list[str]]:
@@ -282,7 +298,8 @@ def serve(folder: Path, cut_at: float | None = None) -> tuple[http.server.HTTPSe
 def test_a_snapshot_url_is_a_camera_read_again_and_again(tmp_path, daemons):  # noqa: F811
     """A camera's still-image URL (`/snapshot.jpg`): FFmpeg gives such a JPEG the duration of
     one frame, so it was taken for a recording, read once, and the daemon, its only camera
-    ended, exited 0: systemd does not restart that."""
+    ended, exited 0: systemd does not restart that. And it is up while its frames come:
+    down between two requests, its Home Assistant sensors were unavailable nearly always."""
     import cv2
     from skimage import data
 
@@ -292,7 +309,13 @@ def test_a_snapshot_url_is_a_camera_read_again_and_again(tmp_path, daemons):  # 
         url = f"http://127.0.0.1:{server.server_port}/snapshot.jpg"
         daemon = daemons({"cameras": [{"name": "porch", "source": url}]})
         read = 'edge_emotion_frames_read_total{camera="porch"}'
-        daemon.wait_metric(read, lambda v: v >= 3, timeout=30)
+        up = 'edge_emotion_camera_up{camera="porch"}'
+        daemon.wait_metric(read, lambda v: v >= 1, timeout=30)
+        seen = []  # camera_up at each scrape over 3 more requests (0.5 + 1 + 2 s apart)
+        while (metrics := daemon.metrics())[read] < 4:
+            seen.append(metrics[up])
+            time.sleep(0.1)
+        assert len(seen) > 20 and set(seen) == {1.0}, seen
         assert daemon.stop() == 0, daemon.log()
         assert "end of the recording" not in daemon.log()
         assert len(requests) >= 3

@@ -31,6 +31,8 @@ class CameraConfig(Section):
     fps: float = Field(10.0, gt=0, le=60, description="analysis rate cap")
     loop: bool = Field(False, description="restart a video file at its end (demos)")
     open_timeout_s: float = Field(5.0, gt=0, le=60)
+    # Longer than the camera's longest gap between frames: a silence this long is an outage
+    # (camera_up 0), and the frame after it, FFmpeg's leftover from before, is not analysed.
     read_timeout_s: float = Field(5.0, gt=0, le=60)
     # RTSP only. TCP by default: no UDP packet loss smearing frames, and it crosses NAT and
     # firewalls; some cameras (and multicast setups) serve UDP only.
