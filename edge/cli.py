@@ -16,9 +16,12 @@ def unwritable(path: Path) -> str | None:
     """Why ``path`` cannot be written, or None: checked before the work whose result goes
     there, not after it. The nearest existing folder on the way counts (missing folders are
     made); a file there, or no write permission, blocks."""
-    folder = _nearest_existing(path.parent)
-    if not folder.is_dir():
-        return f"a file is where an output folder must go: {folder}"
+    try:
+        folder = _nearest_existing(path.parent)
+        if not folder.is_dir():
+            return f"a file is where an output folder must go: {folder}"
+    except OSError as error:  # a folder on the way that cannot be searched
+        return f"{error.filename or path}: {error.strerror or error}"
     if not os.access(folder, os.W_OK):
         return f"{folder} is not a writable folder"
     return None

@@ -331,3 +331,34 @@ def test_a_password_without_a_username_is_refused(tmp_path, monkeypatch, mqtt, e
         assert "s3cret" not in result.stdout + result.stderr
         if env:
             assert lines[0].endswith("(from EDGE_MQTT__PASSWORD)"), lines
+
+
+def test_a_spool_file_in_a_folder_the_user_cannot_enter_is_named(tmp_path):
+    """check-config ended in a PermissionError traceback (root here: its file-permission
+    override is dropped, as for the daemon's own user)."""
+    import os
+    import subprocess
+    import sys
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    config = write(
+        tmp_path,
+        f"cameras: [{{name: a, source: {CLIP}}}]\n"
+        f"mqtt: {{host: h, spool_file: {locked / 'spool.jsonl'}}}\n",
+    )
+    locked.chmod(0)
+    as_user = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] * (os.geteuid() == 0)
+    try:
+        result = subprocess.run(
+            [*as_user, sys.executable, "-m", "edge", "check-config", "--config", str(config)],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+    finally:
+        locked.chmod(0o700)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"edge check-config: error: mqtt.spool_file {locked / 'spool.jsonl'}: cannot be "
+        "reached (Permission denied); give a file of its own that can be written (or set "
+        "mqtt.spool: false)\n"
+    )

@@ -61,10 +61,13 @@ class Spool:
         ``spool_file`` naming the configuration, the model or a TLS key by a typo destroyed
         it (and the next start failed); a pipe or ``/dev/zero`` blocked the start or filled
         the memory."""
-        if self.path.is_dir():
-            return "is a folder, not a file name"
-        if why := self._not_a_spool():
-            return why
+        try:
+            if self.path.is_dir():
+                return "is a folder, not a file name"
+            if why := self._not_a_spool():
+                return why
+        except OSError as error:  # a folder on the way that the daemon's user cannot search
+            return f"cannot be reached ({error.strerror or error})"
         if why := unwritable(self.path):
             return f"cannot be written ({why})"
         return None
