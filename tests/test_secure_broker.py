@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
@@ -329,3 +330,35 @@ def test_a_message_over_the_brokers_size_limit_is_refused_and_the_rest_flows(tmp
         daemon.kill()
         events.close()
         broker.stop()
+
+
+def test_a_stop_with_many_events_unacknowledged_over_tls_still_leaves_the_status_offline(
+    secure_broker, tmp_path
+):
+    """As without TLS (test_daemon): "offline" waits behind 20 unacknowledged events, so the
+    connection is cut for the last will to say it, here under the TLS layer that paho's
+    thread is still reading with; no thread may die of it."""
+    from test_daemon import SlowLink, _event, _publisher_on
+
+    broker, ca = secure_broker
+    link = SlowLink(broker.port)
+    errors = []
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args)
+    try:
+        publisher = _publisher_on(
+            link, username="edge", password="s3cret-pw", tls={"ca_file": str(ca)}
+        )
+        link.hold_answers()  # the broker takes everything; its acknowledgements do not come
+        for n in range(30):
+            publisher.publish(_event(n))
+        publisher.close(1)
+        status = Subscriber(
+            broker.port, "edge-emotion/porch/status", ca=ca, credentials=("reader", "r3ader")
+        )
+        status.wait_for(lambda ms: ms and ms[-1].payload == b"offline", timeout=15)
+        status.close()
+    finally:
+        threading.excepthook = previous_hook
+        link.close()
+    assert errors == [], [(e.exc_type, e.exc_value, e.thread) for e in errors]

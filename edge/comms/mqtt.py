@@ -367,9 +367,11 @@ class MqttPublisher:
         the DISCONNECT that ends paho's loop (which otherwise waits for every acknowledgement)
         never reaches the broker."""
         sock = self.client.socket()
-        if sock is not None:
+        if isinstance(sock, socket.socket):
+            # The plain socket's shutdown, also under TLS: SSLSocket.shutdown drops the TLS
+            # state that paho's reader thread may be inside of.
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
         self.client.disconnect()
         self.client.loop_stop()
 
